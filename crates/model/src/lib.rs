@@ -1,0 +1,18 @@
+//! entrovid's text-to-video diffusion models in candle.
+//!
+//! Every attention layer of the UNet is a named site (see [`attention`]) whose maps can be observed
+//! and changed through an explicit per-step [`attention::ForwardCtx`]; the models themselves hold no
+//! mutable state and are shared read-only between jobs.
+
+pub mod attention;
+pub mod clip;
+pub mod debug;
+pub mod error;
+pub mod model_info;
+pub mod noise;
+pub mod pipeline;
+pub mod scheduler;
+pub mod tokenizer;
+pub mod unet3d;
+pub mod vae;
+pub mod weights;

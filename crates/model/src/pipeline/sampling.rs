@@ -1,0 +1,368 @@
+//! The sampling loops: DDIM denoising with classifier-free guidance, and DDIM inversion.
+//!
+//! They are written against the [`Denoiser`] trait rather than the UNet itself so that the loop
+//! logic (guidance, batch roles, progress, cancellation) is testable with a cheap stand-in.
+
+use std::ops::ControlFlow;
+
+use candle_core::{DType, Tensor};
+
+use super::{Progress, Stage};
+use crate::attention::{AttentionControl, BatchRole, ForwardCtx, StepInfo};
+use crate::error::ModelError;
+use crate::scheduler::DdimScheduler;
+
+/// A noise predictor: the UNet, or a stand-in in tests.
+pub trait Denoiser {
+    /// `sample` [B, C, F, h, w] at `timesteps` [B] (f32) with `encoder_hidden_states` [B, L, D]
+    /// → the model output, shaped like `sample`.
+    fn predict(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        encoder_hidden_states: &Tensor,
+        ctx: &mut ForwardCtx,
+    ) -> candle_core::Result<Tensor>;
+
+    /// The dtype the denoiser computes in; inputs are cast to it.
+    fn dtype(&self) -> DType;
+}
+
+/// The text conditioning of one run and how its guidance branches are batched.
+pub struct Guidance {
+    /// [1, L, D] (conditional only) or [2, L, D] (unconditional first, diffusers' order).
+    embeddings: Tensor,
+    /// `Some(g)` when both branches run: noise = uncond + g · (cond − uncond).
+    scale: Option<f64>,
+    roles: Vec<BatchRole>,
+}
+
+impl Guidance {
+    /// `cond` and `uncond` are [1, L, D]. A `guidance_scale` ≤ 1 runs the conditional branch only
+    /// (diffusers' `do_classifier_free_guidance = guidance_scale > 1`).
+    pub fn new(cond: &Tensor, uncond: &Tensor, guidance_scale: f64) -> candle_core::Result<Self> {
+        if guidance_scale > 1.0 {
+            Ok(Self {
+                embeddings: Tensor::cat(&[uncond, cond], 0)?,
+                scale: Some(guidance_scale),
+                roles: vec![BatchRole::MAIN_UNCOND, BatchRole::MAIN_COND],
+            })
+        } else {
+            Ok(Self::conditional_only(cond))
+        }
+    }
+
+    /// Only the conditional branch (inversion usually runs this way).
+    pub fn conditional_only(cond: &Tensor) -> Self {
+        Self {
+            embeddings: cond.clone(),
+            scale: None,
+            roles: vec![BatchRole::MAIN_COND],
+        }
+    }
+
+    /// The guided model output for `latents` [1, C, F, h, w] (f32) at `step`, in f32.
+    fn predict(
+        &self,
+        denoiser: &dyn Denoiser,
+        latents: &Tensor,
+        step: StepInfo,
+        control: Option<&mut dyn AttentionControl>,
+    ) -> candle_core::Result<Tensor> {
+        let batch = self.roles.len();
+        let input = latents.to_dtype(denoiser.dtype())?;
+        let input = if batch > 1 {
+            Tensor::cat(&vec![&input; batch], 0)?
+        } else {
+            input
+        };
+        let timesteps = Tensor::full(step.timestep as f32, batch, latents.device())?;
+        let embeddings = self.embeddings.to_dtype(denoiser.dtype())?;
+        let mut ctx = ForwardCtx::new(step, self.roles.clone(), control);
+        let output = denoiser
+            .predict(&input, &timesteps, &embeddings, &mut ctx)?
+            .to_dtype(DType::F32)?;
+        match self.scale {
+            None => Ok(output),
+            Some(scale) => {
+                let uncond = output.narrow(0, 0, 1)?;
+                let cond = output.narrow(0, 1, 1)?;
+                &uncond + ((cond - &uncond)? * scale)?
+            }
+        }
+    }
+}
+
+/// Denoises `latents` [1, C, F, h, w] (f32) over the DDIM schedule of `num_inference_steps`,
+/// reporting progress after every step; `Break` from `on_progress` stops with
+/// [`ModelError::Cancelled`].
+pub fn denoise(
+    denoiser: &dyn Denoiser,
+    scheduler: &DdimScheduler,
+    latents: Tensor,
+    guidance: &Guidance,
+    num_inference_steps: usize,
+    control: Option<&mut dyn AttentionControl>,
+    on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+) -> Result<Tensor, ModelError> {
+    let timesteps = scheduler.timesteps(num_inference_steps)?;
+    run_steps(Stage::Denoising, &timesteps, latents, control, on_progress, |latents, step, control| {
+        let output = guidance.predict(denoiser, latents, step, control)?;
+        scheduler.step(&output, step.timestep as usize, latents, num_inference_steps)
+    })
+}
+
+/// DDIM inversion: walks clean latents [1, C, F, h, w] (f32) up the inversion schedule of
+/// `num_inference_steps` to the noise level of its last timestep, so that [`denoise`] with the
+/// same steps and conditioning approximately reconstructs them.
+pub fn invert(
+    denoiser: &dyn Denoiser,
+    scheduler: &DdimScheduler,
+    latents: Tensor,
+    guidance: &Guidance,
+    num_inference_steps: usize,
+    control: Option<&mut dyn AttentionControl>,
+    on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+) -> Result<Tensor, ModelError> {
+    let timesteps = scheduler.inverse_timesteps(num_inference_steps)?;
+    run_steps(Stage::Inverting, &timesteps, latents, control, on_progress, |latents, step, control| {
+        let output = guidance.predict(denoiser, latents, step, control)?;
+        scheduler.inverse_step(&output, step.timestep as usize, latents, num_inference_steps)
+    })
+}
+
+/// The loop shared by denoising and inversion: one update per timestep, progress after each.
+fn run_steps(
+    stage: Stage,
+    timesteps: &[usize],
+    mut latents: Tensor,
+    mut control: Option<&mut dyn AttentionControl>,
+    on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    mut update: impl FnMut(&Tensor, StepInfo, Option<&mut dyn AttentionControl>) -> Result<Tensor, ModelError>,
+) -> Result<Tensor, ModelError> {
+    let total_steps = timesteps.len();
+    for (index, &timestep) in timesteps.iter().enumerate() {
+        let step = StepInfo {
+            index,
+            num_steps: total_steps,
+            timestep: timestep as f64,
+        };
+        let control = control.as_mut().map(|control| &mut **control as &mut dyn AttentionControl);
+        latents = update(&latents, step, control)?;
+        let progress = Progress {
+            stage,
+            step: index + 1,
+            total_steps,
+        };
+        if on_progress(progress).is_break() {
+            return Err(ModelError::Cancelled);
+        }
+    }
+    Ok(latents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::{AttentionCall, Branch};
+    use crate::scheduler::DdimConfig;
+    use candle_core::Device;
+    use std::cell::RefCell;
+
+    /// Predicts `0.1 · sample + mean(encoder_hidden_states)` per batch row and records what it
+    /// was called with.
+    struct FakeDenoiser {
+        calls: RefCell<Vec<(Vec<f32>, Vec<BatchRole>, usize)>>,
+    }
+
+    impl Denoiser for FakeDenoiser {
+        fn predict(
+            &self,
+            sample: &Tensor,
+            timesteps: &Tensor,
+            encoder_hidden_states: &Tensor,
+            ctx: &mut ForwardCtx,
+        ) -> candle_core::Result<Tensor> {
+            assert_eq!(sample.dim(0)?, ctx.batch_roles.len());
+            assert_eq!(encoder_hidden_states.dim(0)?, ctx.batch_roles.len());
+            self.calls.borrow_mut().push((
+                timesteps.to_vec1::<f32>()?,
+                ctx.batch_roles.clone(),
+                ctx.step.index,
+            ));
+            let text = encoder_hidden_states.mean_keepdim(2)?.mean_keepdim(1)?; // [B, 1, 1]
+            let text = text.unsqueeze(3)?.unsqueeze(4)?; // [B, 1, 1, 1, 1]
+            (sample * 0.1)?.broadcast_add(&text)
+        }
+
+        fn dtype(&self) -> DType {
+            DType::F32
+        }
+    }
+
+    fn scheduler() -> DdimScheduler {
+        let config: DdimConfig = serde_json::from_str(
+            r#"{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                "clip_sample": false, "set_alpha_to_one": false, "steps_offset": 1}"#,
+        )
+        .unwrap();
+        DdimScheduler::new(config).unwrap()
+    }
+
+    fn fake() -> FakeDenoiser {
+        FakeDenoiser {
+            calls: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn texts() -> (Tensor, Tensor) {
+        let cond = Tensor::full(1f32, (1, 3, 2), &Device::Cpu).unwrap();
+        let uncond = Tensor::full(-1f32, (1, 3, 2), &Device::Cpu).unwrap();
+        (cond, uncond)
+    }
+
+    #[test]
+    fn guidance_batches_uncond_then_cond_and_combines() {
+        let denoiser = fake();
+        let (cond, uncond) = texts();
+        let guidance = Guidance::new(&cond, &uncond, 3.0).unwrap();
+        let latents = Tensor::full(2f32, (1, 1, 2, 1, 1), &Device::Cpu).unwrap();
+        let step = StepInfo {
+            index: 0,
+            num_steps: 1,
+            timestep: 801.0,
+        };
+        let out = guidance.predict(&denoiser, &latents, step, None).unwrap();
+        // uncond = 0.2 − 1, cond = 0.2 + 1 → −0.8 + 3 · 2 = 5.2
+        let values = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(values.iter().all(|v| (v - 5.2).abs() < 1e-6), "{values:?}");
+        let calls = denoiser.calls.borrow();
+        assert_eq!(calls[0].0, vec![801.0, 801.0]);
+        assert_eq!(calls[0].1[0].branch, Branch::Uncond);
+        assert_eq!(calls[0].1[1].branch, Branch::Cond);
+    }
+
+    #[test]
+    fn guidance_of_one_runs_cond_only() {
+        let denoiser = fake();
+        let (cond, uncond) = texts();
+        let guidance = Guidance::new(&cond, &uncond, 1.0).unwrap();
+        let latents = Tensor::zeros((1, 1, 2, 1, 1), DType::F32, &Device::Cpu).unwrap();
+        let step = StepInfo {
+            index: 0,
+            num_steps: 1,
+            timestep: 1.0,
+        };
+        let out = guidance.predict(&denoiser, &latents, step, None).unwrap();
+        assert_eq!(out.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0, 1.0]);
+        assert_eq!(denoiser.calls.borrow()[0].1, vec![BatchRole::MAIN_COND]);
+    }
+
+    #[test]
+    fn denoise_follows_the_schedule_and_reports_every_step() {
+        let denoiser = fake();
+        let scheduler = scheduler();
+        let (cond, uncond) = texts();
+        let guidance = Guidance::new(&cond, &uncond, 7.5).unwrap();
+        let latents = Tensor::full(0.5f32, (1, 1, 2, 1, 1), &Device::Cpu).unwrap();
+        let mut seen = Vec::new();
+        let out = denoise(&denoiser, &scheduler, latents.clone(), &guidance, 5, None, &mut |p| {
+            seen.push(p);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        let steps: Vec<usize> = seen.iter().map(|p| p.step).collect();
+        assert_eq!(steps, vec![1, 2, 3, 4, 5]);
+        assert!(seen.iter().all(|p| p.stage == Stage::Denoising && p.total_steps == 5));
+        let timesteps: Vec<f32> = denoiser.calls.borrow().iter().map(|c| c.0[0]).collect();
+        assert_eq!(timesteps, vec![801.0, 601.0, 401.0, 201.0, 1.0]);
+
+        // The same loop by hand.
+        let mut expected = latents;
+        for &t in &[801usize, 601, 401, 201, 1] {
+            let step = StepInfo {
+                index: 0,
+                num_steps: 5,
+                timestep: t as f64,
+            };
+            let output = guidance.predict(&denoiser, &expected, step, None).unwrap();
+            expected = scheduler.step(&output, t, &expected, 5).unwrap();
+        }
+        let diff = (out - expected).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn break_cancels_after_the_current_step() {
+        let denoiser = fake();
+        let (cond, uncond) = texts();
+        let guidance = Guidance::new(&cond, &uncond, 9.0).unwrap();
+        let latents = Tensor::zeros((1, 1, 1, 1, 1), DType::F32, &Device::Cpu).unwrap();
+        let result = denoise(&denoiser, &scheduler(), latents, &guidance, 4, None, &mut |p| {
+            if p.step == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert!(matches!(result, Err(ModelError::Cancelled)));
+        assert_eq!(denoiser.calls.borrow().len(), 2);
+    }
+
+    /// A controller that counts the calls it sees, to check it is lent to every step.
+    struct Counting(usize);
+
+    impl AttentionControl for Counting {
+        fn attend(&mut self, _: &StepInfo, _: &[BatchRole], _: &AttentionCall) -> candle_core::Result<Option<Tensor>> {
+            self.0 += 1;
+            Ok(None)
+        }
+    }
+
+    /// A denoiser that consults the controller once per forward pass.
+    struct Consulting;
+
+    impl Denoiser for Consulting {
+        fn predict(&self, sample: &Tensor, _: &Tensor, _: &Tensor, ctx: &mut ForwardCtx) -> candle_core::Result<Tensor> {
+            if let Some(control) = ctx.control.as_deref_mut() {
+                let site = crate::attention::SiteInfo::new("x", crate::attention::SiteKind::Spatial, "mid");
+                let call = AttentionCall {
+                    site: &site,
+                    q: sample,
+                    k: sample,
+                    v: sample,
+                    heads: 1,
+                    batch: ctx.batch_roles.len(),
+                    scale: 1.0,
+                };
+                control.attend(&ctx.step, &ctx.batch_roles, &call)?;
+            }
+            sample.zeros_like()
+        }
+
+        fn dtype(&self) -> DType {
+            DType::F32
+        }
+    }
+
+    #[test]
+    fn inversion_walks_up_the_schedule_with_the_controller() {
+        let (cond, _) = texts();
+        let guidance = Guidance::conditional_only(&cond);
+        let latents = Tensor::full(0.3f32, (1, 1, 1, 1, 1), &Device::Cpu).unwrap();
+        let mut counting = Counting(0);
+        let mut stages = Vec::new();
+        let out = invert(&Consulting, &scheduler(), latents, &guidance, 3, Some(&mut counting), &mut |p| {
+            stages.push(p.stage);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(counting.0, 3);
+        assert_eq!(stages, vec![Stage::Inverting; 3]);
+        // With a zero noise prediction each inversion step scales x by sqrt(ᾱ_next / ᾱ_current).
+        let s = scheduler();
+        let expected = 0.3 * (s.alpha_cumprod(667).unwrap() / s.alpha_cumprod(0).unwrap()).sqrt();
+        let got = out.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+        assert!((f64::from(got) - expected).abs() < 1e-6, "{got} vs {expected}");
+    }
+}

@@ -1,0 +1,15 @@
+//! The UNet3D of ModelScope-style text-to-video models, numerically following diffusers'
+//! `UNet3DConditionModel`, with every attention module a named site.
+
+mod attention;
+mod blocks;
+pub mod config;
+mod embeddings;
+mod model;
+mod resnet;
+mod transformer;
+mod video;
+
+pub use config::{BlockKind, PerBlock, SampleSize, UNet3DConfig};
+pub use embeddings::timestep_features;
+pub use model::UNet3DConditionModel;

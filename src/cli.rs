@@ -1,0 +1,136 @@
+//! Command-line interface: flag parsing only; each command's work lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::CliOverrides;
+
+#[derive(Debug, Parser)]
+#[command(name = "entrovid", version, about = "Text-to-video diffusion server with measurable, steerable attention")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalFlags,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalFlags {
+    /// TOML settings file (layered: defaults, file, ENTROVID_* variables, flags).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address the HTTP API listens on [default: 127.0.0.1:8080].
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
+    /// Folder of the database and artifacts [default: ./data].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Folder of model folders [default: ./models].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Worker threads (`serve`: in-process workers, 0 = API only; `worker`: threads of this process).
+    #[arg(long, global = true, value_name = "N")]
+    pub workers: Option<usize>,
+}
+
+impl GlobalFlags {
+    pub fn overrides(&self) -> CliOverrides {
+        CliOverrides {
+            bind: self.bind,
+            data_dir: self.data_dir.clone(),
+            models_dir: self.models_dir.clone(),
+            workers: self.workers,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API with in-process workers.
+    Serve,
+    /// Run workers only, on the same database and artifact store as a server.
+    Worker,
+    /// Generate one video in this process and write it as MP4.
+    Generate(GenerateArgs),
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Developer tools.
+    #[command(subcommand)]
+    Debug(DebugCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// Model id (a folder name under --models-dir) [default: the default model].
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub num_frames: Option<u32>,
+    #[arg(long)]
+    pub width: Option<u32>,
+    #[arg(long)]
+    pub height: Option<u32>,
+    #[arg(long)]
+    pub steps: Option<u32>,
+    #[arg(long)]
+    pub guidance_scale: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub fps: Option<u32>,
+    /// Where the MP4 goes.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Also write the attention statistics as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub stats: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// One UNet forward pass on tensors from a safetensors file (parity checks, statistics, plans).
+    Unet(DebugUnetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DebugUnetArgs {
+    /// A UNet folder, or a pipeline folder with `unet/`.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// safetensors with `sample`, `timestep`, `encoder_hidden_states`.
+    #[arg(long, value_name = "FILE")]
+    pub inputs: PathBuf,
+    /// safetensors receiving the predicted `sample`.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// JSON file receiving per-site attention statistics.
+    #[arg(long, value_name = "FILE")]
+    pub stats: Option<PathBuf>,
+    /// JSON attention plan to apply.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_anywhere() {
+        let cli = Cli::try_parse_from(["entrovid", "serve", "--bind", "0.0.0.0:9", "--workers", "2", "--data-dir", "/d"]).unwrap();
+        assert!(matches!(cli.command, Command::Serve));
+        let overrides = cli.global.overrides();
+        assert_eq!(overrides.bind.unwrap().port(), 9);
+        assert_eq!(overrides.workers, Some(2));
+        assert_eq!(overrides.data_dir, Some(PathBuf::from("/d")));
+        let cli = Cli::try_parse_from(["entrovid", "debug", "unet", "--model", "m", "--inputs", "i", "--out", "o"]).unwrap();
+        assert!(matches!(cli.command, Command::Debug(DebugCommand::Unet(_))));
+        assert!(Cli::try_parse_from(["entrovid", "generate"]).is_err());
+    }
+}

@@ -1,0 +1,123 @@
+//! What each CLI command does, given parsed flags and settings.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Map, Value};
+
+use crate::app::{build_catalog, shutdown_signal, AppParts, Server, Storage, WorkerProcess};
+use crate::cli::{Cli, Command, DebugCommand, GenerateArgs};
+use crate::config::Settings;
+use crate::jobs::validate::{validate_job_request, ValidationContext};
+use crate::worker::backend::{BackendProvider, RunProgress};
+
+pub fn load_settings(cli: &Cli, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Settings> {
+    Ok(Settings::load(cli.global.config.as_deref(), env, &cli.global.overrides())?)
+}
+
+/// The models found under the settings' models folder.
+pub fn model_provider(settings: &Settings) -> anyhow::Result<Arc<dyn BackendProvider>> {
+    if let Some(step_ms) = settings.models.synthetic_step_ms {
+        tracing::warn!(step_ms, "serving the synthetic test model instead of model folders");
+        return Ok(Arc::new(crate::worker::fake::FakeProvider::new(std::time::Duration::from_millis(step_ms))));
+    }
+    anyhow::bail!("no model backend in this build yet (models folder {})", settings.models.dir.display())
+}
+
+pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => {
+            let server = Server::start(&settings, AppParts::new(model_provider(&settings)?)).await?;
+            println!("entrovid listening on http://{}", server.local_addr);
+            shutdown_signal().await;
+            server.shutdown().await;
+            Ok(())
+        }
+        Command::Worker => {
+            let worker = WorkerProcess::start(&settings, AppParts::new(model_provider(&settings)?)).await?;
+            shutdown_signal().await;
+            worker.shutdown().await;
+            Ok(())
+        }
+        Command::Migrate => {
+            Storage::open(&settings).await?;
+            println!("database {} is up to date", settings.database_url());
+            Ok(())
+        }
+        Command::Generate(args) => {
+            let provider = model_provider(&settings)?;
+            let default_model = settings.models.default.clone();
+            tokio::task::spawn_blocking(move || generate(&args, provider, default_model.as_deref())).await?
+        }
+        Command::Debug(DebugCommand::Unet(args)) => tokio::task::spawn_blocking(move || {
+            entrovid_model::debug::run_debug_unet(&args.model, &args.inputs, &args.out, args.stats.as_deref(), args.plan.as_deref())
+                .context("debug unet")
+        })
+        .await?,
+    }
+}
+
+/// The request body `generate`'s flags amount to, so the CLI validates exactly like the API.
+fn request_body(args: &GenerateArgs) -> Value {
+    let mut body = Map::new();
+    body.insert("kind".into(), json!("generate"));
+    body.insert("prompt".into(), json!(args.prompt));
+    let optional = [
+        ("negative_prompt", args.negative_prompt.as_ref().map(|v| json!(v))),
+        ("model", args.model.as_ref().map(|v| json!(v))),
+        ("num_frames", args.num_frames.map(|v| json!(v))),
+        ("width", args.width.map(|v| json!(v))),
+        ("height", args.height.map(|v| json!(v))),
+        ("num_inference_steps", args.steps.map(|v| json!(v))),
+        ("guidance_scale", args.guidance_scale.map(|v| json!(v))),
+        ("seed", args.seed.map(|v| json!(v))),
+        ("fps", args.fps.map(|v| json!(v))),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            body.insert(name.into(), value);
+        }
+    }
+    Value::Object(body)
+}
+
+fn generate(args: &GenerateArgs, provider: Arc<dyn BackendProvider>, default_model: Option<&str>) -> anyhow::Result<()> {
+    let catalog = build_catalog(provider.models(), default_model)?;
+    let random_seed = u64::from(uuid::Uuid::new_v4().as_u128() as u32);
+    let spec = validate_job_request(&request_body(args), &ValidationContext { catalog: &catalog, webhooks_enabled: false, random_seed })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "model {}, {} frames {}x{}, {} steps, guidance {}, seed {}",
+        spec.model, spec.num_frames, spec.width, spec.height, spec.num_inference_steps, spec.guidance_scale, spec.seed
+    );
+    let backend = provider.load(&spec.model)?;
+    let bar = ProgressBar::new(u64::from(spec.num_inference_steps));
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} steps ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut on_progress = |progress: RunProgress| {
+        bar.set_message(format!("{:?}", progress.stage).to_lowercase());
+        if progress.stage == crate::api::Stage::Denoising {
+            bar.set_position(u64::from(progress.step));
+        }
+        ControlFlow::Continue(())
+    };
+    let output = backend.run(&spec, &mut on_progress)?;
+    bar.finish_with_message("done");
+    if output.frames.is_empty() {
+        bail!("the model produced no frames");
+    }
+    crate::worker::encode_video(&output.frames, output.width, output.height, spec.fps, &args.output)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    if let Some(path) = &args.stats {
+        let json = serde_json::to_vec_pretty(&crate::api::AttentionRecords { records: output.records })?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!("wrote {}", args.output.display());
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! `POST /v1/jobs` body → [`GenerateSpec`]: every field type- and range-checked against the
+//! model's limits; errors name the field at fault. Fields are read one by one from the JSON
+//! object (rather than through a derived deserializer) so every error can name its field.
+
+use serde_json::{Map, Value};
+
+use super::catalog::ModelCatalog;
+use super::spec::{AttentionPlanSpec, GenerateSpec, RecordMode, WebhookEvent};
+use crate::api::{ApiError, ErrorCode, JobKind, ModelDescriptor};
+
+/// Longest accepted prompt, in bytes (CLIP reads 77 tokens; this only bounds storage).
+pub const MAX_PROMPT_BYTES: usize = 4096;
+pub const MAX_URL_BYTES: usize = 2048;
+
+const GENERATE_FIELDS: &[&str] = &[
+    "kind", "model", "prompt", "negative_prompt", "num_frames", "width", "height", "num_inference_steps",
+    "guidance_scale", "seed", "fps", "attention", "webhook_url", "webhook_events",
+];
+/// Fields of other kinds: named in the error so a client sees why they are refused here.
+const OTHER_KINDS_FIELDS: &[&str] =
+    &["enhance", "compare", "source", "source_prompt", "target_prompt", "edit", "analyze"];
+
+/// What validation needs beyond the body.
+pub struct ValidationContext<'a> {
+    pub catalog: &'a ModelCatalog,
+    /// Webhooks need a signing secret; without one they are refused.
+    pub webhooks_enabled: bool,
+    /// Used when the request has no seed.
+    pub random_seed: u64,
+}
+
+pub fn validate_job_request(body: &Value, context: &ValidationContext<'_>) -> Result<GenerateSpec, ApiError> {
+    let Some(fields) = body.as_object() else {
+        return Err(ApiError::new(ErrorCode::ValidationFailed, "the request body must be a JSON object"));
+    };
+    let kind = parse_kind(fields)?;
+    if kind != JobKind::Generate {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedKind,
+            format!("job kind {kind} is not supported by this server yet; supported: generate"),
+        )
+        .with_field("kind"));
+    }
+    for name in fields.keys() {
+        if OTHER_KINDS_FIELDS.contains(&name.as_str()) {
+            return Err(ApiError::validation(name, format!("{name} is not accepted for kind generate")));
+        }
+        if !GENERATE_FIELDS.contains(&name.as_str()) {
+            return Err(ApiError::validation(name, format!("unknown field {name}")));
+        }
+    }
+    let model = model_for(fields, context.catalog)?;
+    let limits = &model.limits;
+    let defaults = &model.defaults;
+
+    let prompt = required_text(fields, "prompt")?;
+    if prompt.trim().is_empty() {
+        return Err(ApiError::validation("prompt", "prompt must not be empty"));
+    }
+    let negative_prompt = optional_text(fields, "negative_prompt")?.unwrap_or_default();
+    let num_frames = ranged_u32(fields, "num_frames", limits.num_frames, defaults.num_frames)?;
+    let width = ranged_u32(fields, "width", limits.width, defaults.width)?;
+    let height = ranged_u32(fields, "height", limits.height, defaults.height)?;
+    for (name, value) in [("width", width), ("height", height)] {
+        if model.size_multiple > 0 && value % model.size_multiple != 0 {
+            return Err(ApiError::validation(
+                name,
+                format!("{name} must be a multiple of {} for model {}", model.size_multiple, model.id),
+            ));
+        }
+    }
+    let num_inference_steps =
+        ranged_u32(fields, "num_inference_steps", limits.num_inference_steps, defaults.num_inference_steps)?;
+    let guidance_scale = ranged_f64(fields, "guidance_scale", limits.guidance_scale, defaults.guidance_scale)?;
+    let seed = match fields.get("seed") {
+        None | Some(Value::Null) => context.random_seed,
+        Some(value) => value
+            .as_u64()
+            .ok_or_else(|| ApiError::validation("seed", "seed must be an integer in [0, 18446744073709551615]"))?,
+    };
+    let fps = ranged_u32(fields, "fps", limits.fps, defaults.fps)?;
+    let attention = attention_plan(fields.get("attention"))?;
+    let (webhook_url, webhook_events) = webhook(fields, context.webhooks_enabled)?;
+
+    Ok(GenerateSpec {
+        kind,
+        model: model.id.clone(),
+        prompt,
+        negative_prompt,
+        num_frames,
+        width,
+        height,
+        num_inference_steps,
+        guidance_scale,
+        seed,
+        fps,
+        attention,
+        webhook_url,
+        webhook_events,
+    })
+}
+
+fn parse_kind(fields: &Map<String, Value>) -> Result<JobKind, ApiError> {
+    let value = fields.get("kind").ok_or_else(|| ApiError::validation("kind", "kind is required"))?;
+    let text = value.as_str().ok_or_else(|| ApiError::validation("kind", "kind must be a string"))?;
+    text.parse().map_err(|_| {
+        ApiError::validation("kind", format!("unknown kind {text:?}; expected generate, enhance, edit or analyze"))
+    })
+}
+
+fn model_for<'c>(fields: &Map<String, Value>, catalog: &'c ModelCatalog) -> Result<&'c ModelDescriptor, ApiError> {
+    match fields.get("model") {
+        None | Some(Value::Null) => catalog
+            .default_model()
+            .ok_or_else(|| ApiError::validation("model", "this server has no default model; name one")),
+        Some(Value::String(id)) => {
+            catalog.get(id).ok_or_else(|| ApiError::validation("model", format!("unknown model {id:?}; see /v1/models")))
+        }
+        Some(_) => Err(ApiError::validation("model", "model must be a string")),
+    }
+}
+
+fn optional_text(fields: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.len() > MAX_PROMPT_BYTES => {
+            Err(ApiError::validation(name, format!("{name} is longer than {MAX_PROMPT_BYTES} bytes")))
+        }
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(ApiError::validation(name, format!("{name} must be a string"))),
+    }
+}
+
+fn required_text(fields: &Map<String, Value>, name: &str) -> Result<String, ApiError> {
+    optional_text(fields, name)?.ok_or_else(|| ApiError::validation(name, format!("{name} is required")))
+}
+
+fn ranged_u32(fields: &Map<String, Value>, name: &str, [min, max]: [u32; 2], default: u32) -> Result<u32, ApiError> {
+    let out_of_range = || ApiError::validation(name, format!("{name} must be an integer in [{min}, {max}]"));
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(value) => {
+            let number = value.as_u64().ok_or_else(out_of_range)?;
+            let number = u32::try_from(number).map_err(|_| out_of_range())?;
+            if (min..=max).contains(&number) {
+                Ok(number)
+            } else {
+                Err(out_of_range())
+            }
+        }
+    }
+}
+
+fn ranged_f64(fields: &Map<String, Value>, name: &str, [min, max]: [f64; 2], default: f64) -> Result<f64, ApiError> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(value) => match value.as_f64() {
+            Some(number) if number.is_finite() && (min..=max).contains(&number) => Ok(number),
+            _ => Err(ApiError::validation(name, format!("{name} must be a number in [{min}, {max}]"))),
+        },
+    }
+}
+
+fn attention_plan(value: Option<&Value>) -> Result<AttentionPlanSpec, ApiError> {
+    let default = AttentionPlanSpec { record: RecordMode::Summary, rules: Vec::new() };
+    let plan = match value {
+        None | Some(Value::Null) => return Ok(default),
+        Some(Value::Object(plan)) => plan,
+        Some(_) => return Err(ApiError::validation("attention", "attention must be an object")),
+    };
+    for name in plan.keys() {
+        if name != "record" && name != "rules" {
+            return Err(ApiError::validation(format!("attention.{name}"), format!("unknown field {name}")));
+        }
+    }
+    let record = match plan.get("record") {
+        None | Some(Value::Null) => RecordMode::Summary,
+        Some(value) => value.as_str().and_then(RecordMode::parse).ok_or_else(|| {
+            ApiError::validation("attention.record", "record must be one of summary, per_head, none")
+        })?,
+    };
+    match plan.get("rules") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(rules)) if rules.is_empty() => {}
+        Some(Value::Array(_)) => {
+            return Err(ApiError::validation(
+                "attention.rules[0]",
+                "attention rules are not supported yet: the attention engine that applies them has not \
+                 been wired into this server; only `record` is accepted for now",
+            ))
+        }
+        Some(_) => return Err(ApiError::validation("attention.rules", "rules must be an array")),
+    }
+    Ok(AttentionPlanSpec { record, ..default })
+}
+
+fn webhook(fields: &Map<String, Value>, enabled: bool) -> Result<(Option<String>, Vec<WebhookEvent>), ApiError> {
+    let url = match fields.get("webhook_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) => Some(url.clone()),
+        Some(_) => return Err(ApiError::validation("webhook_url", "webhook_url must be a string")),
+    };
+    let events = match fields.get("webhook_events") {
+        None | Some(Value::Null) => vec![WebhookEvent::Completed],
+        Some(Value::Array(items)) => {
+            let mut events = Vec::new();
+            for (index, item) in items.iter().enumerate() {
+                let event = item.as_str().and_then(WebhookEvent::parse).ok_or_else(|| {
+                    ApiError::validation(format!("webhook_events[{index}]"), "events must be \"start\" or \"completed\"")
+                })?;
+                if !events.contains(&event) {
+                    events.push(event);
+                }
+            }
+            events
+        }
+        Some(_) => return Err(ApiError::validation("webhook_events", "webhook_events must be an array")),
+    };
+    let Some(url) = url else {
+        if fields.contains_key("webhook_events") {
+            return Err(ApiError::validation("webhook_events", "webhook_events needs a webhook_url"));
+        }
+        return Ok((None, Vec::new()));
+    };
+    if !enabled {
+        return Err(ApiError::validation("webhook_url", "webhooks are disabled on this server (no signing secret configured)"));
+    }
+    if url.len() > MAX_URL_BYTES {
+        return Err(ApiError::validation("webhook_url", "webhook_url is too long"));
+    }
+    let parsed = reqwest::Url::parse(&url)
+        .map_err(|error| ApiError::validation("webhook_url", format!("webhook_url is not a valid URL: {error}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(ApiError::validation("webhook_url", "webhook_url must be an http or https URL with a host"));
+    }
+    Ok((Some(url), events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ModelDefaults, ModelLimits};
+    use serde_json::json;
+
+    fn catalog() -> ModelCatalog {
+        ModelCatalog::new(vec![ModelDescriptor {
+            id: "tiny".into(),
+            default: true,
+            size_multiple: 8,
+            limits: ModelLimits {
+                num_frames: [8, 16],
+                width: [64, 128],
+                height: [64, 128],
+                num_inference_steps: [1, 100],
+                guidance_scale: [0.0, 30.0],
+                fps: [1, 60],
+            },
+            defaults: ModelDefaults {
+                num_frames: 16,
+                width: 64,
+                height: 64,
+                num_inference_steps: 25,
+                guidance_scale: 9.0,
+                fps: 8,
+            },
+            sites: vec![],
+        }])
+    }
+
+    fn validate(body: Value) -> Result<GenerateSpec, ApiError> {
+        let catalog = catalog();
+        validate_job_request(&body, &ValidationContext { catalog: &catalog, webhooks_enabled: true, random_seed: 77 })
+    }
+
+    fn field_of(body: Value) -> (ErrorCode, Option<String>) {
+        let error = validate(body).unwrap_err();
+        (error.code, error.field)
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let spec = validate(json!({"kind": "generate", "prompt": "a cat"})).unwrap();
+        assert_eq!(spec.model, "tiny");
+        assert_eq!((spec.num_frames, spec.width, spec.height), (16, 64, 64));
+        assert_eq!(spec.num_inference_steps, 25);
+        assert_eq!(spec.seed, 77);
+        assert_eq!(spec.attention.record, RecordMode::Summary);
+        let echoed = spec.to_request_json();
+        assert_eq!(echoed["guidance_scale"], json!(9.0));
+        assert_eq!(GenerateSpec::from_request_json(&echoed).unwrap(), spec);
+    }
+
+    #[test]
+    fn ranges_and_multiples_name_the_field() {
+        let base = |extra: Value| {
+            let mut body = json!({"kind": "generate", "prompt": "x"});
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            body
+        };
+        let validation = ErrorCode::ValidationFailed;
+        assert_eq!(field_of(base(json!({"num_frames": 4}))), (validation, Some("num_frames".into())));
+        assert_eq!(field_of(base(json!({"num_frames": 8.5}))), (validation, Some("num_frames".into())));
+        assert_eq!(field_of(base(json!({"width": 72}))), (validation, Some("width".into())));
+        assert_eq!(field_of(base(json!({"height": 136}))), (validation, Some("height".into())));
+        assert_eq!(field_of(base(json!({"guidance_scale": -1}))), (validation, Some("guidance_scale".into())));
+        assert_eq!(field_of(base(json!({"seed": -3}))), (validation, Some("seed".into())));
+        assert_eq!(field_of(base(json!({"model": "nope"}))), (validation, Some("model".into())));
+        assert_eq!(field_of(base(json!({"colour": 1}))), (validation, Some("colour".into())));
+        assert_eq!(field_of(base(json!({"source": {}}))), (validation, Some("source".into())));
+        assert_eq!(field_of(base(json!({"attention": {"record": "all"}}))), (validation, Some("attention.record".into())));
+        assert_eq!(
+            field_of(base(json!({"attention": {"rules": [{"sites": {"kind": "spatial"}, "op": {"type": "uniform"}}]}}))),
+            (validation, Some("attention.rules[0]".into()))
+        );
+        assert_eq!(field_of(base(json!({"webhook_url": "ftp://x/"}))), (validation, Some("webhook_url".into())));
+        assert_eq!(field_of(base(json!({"webhook_url": "http://x/", "webhook_events": ["end"]}))), (validation, Some("webhook_events[0]".into())));
+        assert!(validate(base(json!({"width": 128, "height": 72, "seed": 5}))).is_err());
+        let spec = validate(base(json!({"width": 128, "height": 80, "seed": 5, "num_frames": 8}))).unwrap();
+        assert_eq!((spec.width, spec.height, spec.seed, spec.num_frames), (128, 80, 5, 8));
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(field_of(json!({"prompt": "x"})), (ErrorCode::ValidationFailed, Some("kind".into())));
+        assert_eq!(field_of(json!({"kind": "dance"})), (ErrorCode::ValidationFailed, Some("kind".into())));
+        for kind in ["enhance", "edit", "analyze"] {
+            assert_eq!(field_of(json!({"kind": kind, "prompt": "x"})), (ErrorCode::UnsupportedKind, Some("kind".into())));
+        }
+        assert_eq!(field_of(json!({"kind": "generate"})), (ErrorCode::ValidationFailed, Some("prompt".into())));
+        assert_eq!(field_of(json!({"kind": "generate", "prompt": "  "})), (ErrorCode::ValidationFailed, Some("prompt".into())));
+        assert_eq!(validate(json!([1])).unwrap_err().code, ErrorCode::ValidationFailed);
+    }
+
+    #[test]
+    fn webhooks_need_a_secret() {
+        let catalog = catalog();
+        let context = ValidationContext { catalog: &catalog, webhooks_enabled: false, random_seed: 1 };
+        let error = validate_job_request(&json!({"kind": "generate", "prompt": "x", "webhook_url": "https://example.com/h"}), &context)
+            .unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("webhook_url"));
+        let spec = validate(json!({"kind": "generate", "prompt": "x", "webhook_url": "https://example.com/h"})).unwrap();
+        assert_eq!(spec.webhook_events, vec![WebhookEvent::Completed]);
+    }
+}

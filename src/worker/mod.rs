@@ -1,0 +1,141 @@
+//! Workers: one OS thread per device slot (never a tokio thread: a model step blocks for
+//! seconds). Each thread owns its loaded models, claims jobs from the store, keeps their leases
+//! alive, and reports progress. `serve` runs them in-process; `entrovid worker` runs them in a
+//! process of their own on the same database and artifact store.
+
+pub mod backend;
+pub mod fake;
+// pub mod pipeline_backend; (enabled once entrovid_model::pipeline exports TextToVideoPipeline)
+mod lease;
+mod runner;
+mod video_file;
+
+pub use video_file::encode_video;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::artifacts::ArtifactStore;
+use crate::jobs::JobNotifier;
+use crate::metrics::AppMetrics;
+use crate::store::{now_millis, JobStore};
+use backend::{BackendProvider, VideoBackend};
+
+pub use runner::{ATTENTION_ARTIFACT, VIDEO_ARTIFACT};
+
+/// Shutdown switches shared by a pool's threads.
+#[derive(Default)]
+pub struct WorkerControl {
+    /// No new jobs are claimed once set.
+    pub stop_claiming: AtomicBool,
+    /// Running jobs stop at their next step and go back to the queue once set.
+    pub abort_running: AtomicBool,
+}
+
+/// Everything a worker thread needs, shared by the threads of one pool.
+pub struct WorkerContext {
+    pub store: Arc<dyn JobStore>,
+    pub artifacts: Arc<dyn ArtifactStore>,
+    pub provider: Arc<dyn BackendProvider>,
+    pub notifier: JobNotifier,
+    pub metrics: Option<Arc<AppMetrics>>,
+    /// The async runtime the store's futures run on (workers block on them).
+    pub runtime: tokio::runtime::Handle,
+    /// Where videos are encoded before they move into the artifact store.
+    pub scratch_dir: PathBuf,
+    pub lease: Duration,
+    pub max_attempts: u32,
+    /// How long an idle worker waits before looking for work again.
+    pub poll_interval: Duration,
+    /// How often a running job checks the store for a cancel request.
+    pub cancel_poll: Duration,
+    pub control: Arc<WorkerControl>,
+}
+
+pub struct WorkerPool {
+    control: Arc<WorkerControl>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl WorkerPool {
+    pub fn start(context: Arc<WorkerContext>, count: usize) -> std::io::Result<WorkerPool> {
+        let process = std::process::id();
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        let mut threads = Vec::with_capacity(count);
+        for index in 0..count {
+            let context = context.clone();
+            let worker_id = format!("worker-{process}-{}-{index}", &run_id[..8]);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("worker-{index}"))
+                    .spawn(move || worker_loop(&context, &worker_id))?,
+            );
+        }
+        Ok(WorkerPool { control: context.control.clone(), threads })
+    }
+
+    pub fn control(&self) -> &Arc<WorkerControl> {
+        &self.control
+    }
+
+    /// Stops claiming, lets running jobs finish for up to `grace`, then stops them at their
+    /// next step (they go back to the queue) and waits for every thread. Blocking.
+    pub fn shutdown(self, grace: Duration) {
+        self.control.stop_claiming.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && self.threads.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.control.abort_running.store(true, Ordering::SeqCst);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sleeps up to `duration`, waking early when claiming stops.
+fn idle(control: &WorkerControl, duration: Duration) {
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline && !control.stop_claiming.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(10).min(duration));
+    }
+}
+
+fn worker_loop(context: &WorkerContext, worker_id: &str) {
+    let mut backends: HashMap<String, Box<dyn VideoBackend>> = HashMap::new();
+    let lease_ms = context.lease.as_millis() as i64;
+    tracing::info!(worker = worker_id, "worker started");
+    while !context.control.stop_claiming.load(Ordering::SeqCst) {
+        recover_expired_leases(context);
+        match context.runtime.block_on(context.store.claim_next(worker_id, now_millis(), lease_ms)) {
+            Ok(Some(job)) => runner::Runner { context, worker: worker_id, backends: &mut backends }.run(job),
+            Ok(None) => idle(&context.control, context.poll_interval),
+            Err(error) => {
+                tracing::warn!(worker = worker_id, %error, "claiming failed");
+                idle(&context.control, context.poll_interval);
+            }
+        }
+    }
+    tracing::info!(worker = worker_id, "worker stopped");
+}
+
+/// Jobs whose worker died go back to the queue (or fail after too many attempts).
+pub fn recover_expired_leases(context: &WorkerContext) {
+    let recovered = match context.runtime.block_on(context.store.recover_expired(now_millis(), context.max_attempts)) {
+        Ok(recovered) => recovered,
+        Err(error) => {
+            tracing::warn!(%error, "lease recovery failed");
+            return;
+        }
+    };
+    for job in recovered {
+        tracing::warn!(job = %job.id, status = %job.new_status, "recovered a job whose lease expired");
+        if let Ok(Some(record)) = context.runtime.block_on(context.store.get_job(job.id)) {
+            context.notifier.job_changed(&record);
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Runs one claimed job to its end: load the model (once per worker), generate while reporting
+//! progress and watching for cancellation, write the video and statistics, record the outcome.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::backend::{BackendError, RunOutput, RunProgress, VideoBackend};
+use super::lease::LeaseKeeper;
+use super::video_file::encode_video;
+use super::WorkerContext;
+use crate::api::{AttentionRecords, JobError, JobProgress, JobStatus, Stage};
+use crate::artifacts::ArtifactKey;
+use crate::jobs::spec::GenerateSpec;
+use crate::store::{now_millis, Finish, JobRecord, LeaseState};
+
+/// Names of the artifacts a generation writes (and lists under `outputs`).
+pub const VIDEO_ARTIFACT: &str = "video";
+pub const ATTENTION_ARTIFACT: &str = "attention";
+
+/// Why a run stopped early.
+enum Interruption {
+    Canceled,
+    LeaseLost,
+    ShuttingDown,
+}
+
+pub(super) struct Runner<'a> {
+    pub context: &'a WorkerContext,
+    pub worker: &'a str,
+    /// This worker thread's loaded models, by id.
+    pub backends: &'a mut HashMap<String, Box<dyn VideoBackend>>,
+}
+
+impl Runner<'_> {
+    pub fn run(&mut self, job: JobRecord) {
+        let started = Instant::now();
+        self.context.notifier.job_changed(&job);
+        tracing::info!(job = %job.id, worker = self.worker, attempt = job.attempts, "job started");
+        let finish = self.execute(&job);
+        let finished = match finish {
+            Ok(finish) => self.finish(&job, finish),
+            Err(Interruption::LeaseLost) => {
+                tracing::warn!(job = %job.id, "lease lost; another worker owns the job now");
+                None
+            }
+            Err(Interruption::ShuttingDown) => {
+                match self.context.runtime.block_on(self.context.store.release_job(job.id, self.worker, now_millis())) {
+                    Ok(true) => tracing::info!(job = %job.id, "job re-queued at shutdown"),
+                    Ok(false) => {}
+                    Err(error) => tracing::error!(job = %job.id, %error, "could not re-queue job; its lease will expire"),
+                }
+                self.context.runtime.block_on(self.context.store.get_job(job.id)).ok().flatten()
+            }
+            Err(Interruption::Canceled) => self.finish(&job, Finish::Canceled),
+        };
+        if let Some(record) = &finished {
+            self.context.notifier.job_changed(record);
+            if let Some(metrics) = &self.context.metrics {
+                if record.status.is_terminal() {
+                    metrics.record_job_duration(record.status, started.elapsed().as_secs_f64());
+                }
+            }
+        }
+        if let Some(metrics) = &self.context.metrics {
+            metrics.add_worker_busy(started.elapsed());
+        }
+    }
+
+    fn finish(&self, job: &JobRecord, finish: Finish) -> Option<JobRecord> {
+        let status = match &finish {
+            Finish::Succeeded { .. } => JobStatus::Succeeded,
+            Finish::Failed(_) => JobStatus::Failed,
+            Finish::Canceled => JobStatus::Canceled,
+        };
+        if let Finish::Failed(error) = &finish {
+            tracing::warn!(job = %job.id, code = %error.code, message = %error.message, "job failed");
+        }
+        match self.context.runtime.block_on(self.context.store.finish_job(job.id, self.worker, finish, now_millis())) {
+            Ok(Some(record)) => {
+                tracing::info!(job = %job.id, %status, "job finished");
+                Some(record)
+            }
+            Ok(None) => {
+                tracing::warn!(job = %job.id, "job was taken from this worker before it could finish");
+                None
+            }
+            Err(error) => {
+                tracing::error!(job = %job.id, %error, "could not record the job's outcome; its lease will expire");
+                None
+            }
+        }
+    }
+
+    fn execute(&mut self, job: &JobRecord) -> Result<Finish, Interruption> {
+        let spec = match GenerateSpec::from_request_json(&job.request) {
+            Ok(spec) => spec,
+            Err(error) => return Ok(failed("invalid_request", format!("the stored request cannot be read: {error}"))),
+        };
+        let context = self.context;
+        let backend = match self.backends.entry(spec.model.clone()) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => match context.provider.load(&spec.model) {
+                Ok(backend) => entry.insert(backend),
+                Err(error) => return Ok(failed(error.job_error_code(), error.to_string())),
+            },
+        };
+        let keeper = LeaseKeeper::start(
+            context.store.clone(),
+            context.runtime.clone(),
+            job.id,
+            self.worker.to_string(),
+            context.lease,
+            context.cancel_poll,
+        );
+        let flags = keeper.flags.clone();
+        let interruption = || {
+            if flags.lease_lost.load(Ordering::SeqCst) {
+                Some(Interruption::LeaseLost)
+            } else if flags.cancel_requested.load(Ordering::SeqCst) {
+                Some(Interruption::Canceled)
+            } else if context.control.abort_running.load(Ordering::SeqCst) {
+                Some(Interruption::ShuttingDown)
+            } else {
+                None
+            }
+        };
+        let mut stopped_by: Option<Interruption> = None;
+        let mut last_step = Instant::now();
+        let mut on_progress = |progress: RunProgress| -> ControlFlow<()> {
+            if let Some(reason) = interruption() {
+                stopped_by = Some(reason);
+                return ControlFlow::Break(());
+            }
+            if progress.stage == Stage::Denoising {
+                if let Some(metrics) = &context.metrics {
+                    metrics.record_step_duration(last_step.elapsed().as_secs_f64());
+                }
+                last_step = Instant::now();
+            }
+            let progress = JobProgress {
+                stage: progress.stage,
+                step: progress.step,
+                total_steps: progress.total_steps,
+                run: 1,
+                total_runs: 1,
+            };
+            match context.runtime.block_on(context.store.update_progress(job.id, self.worker, progress, now_millis())) {
+                Ok(LeaseState::Held { cancel_requested: true }) => {
+                    stopped_by = Some(Interruption::Canceled);
+                    return ControlFlow::Break(());
+                }
+                Ok(LeaseState::Lost) => {
+                    stopped_by = Some(Interruption::LeaseLost);
+                    return ControlFlow::Break(());
+                }
+                Ok(LeaseState::Held { .. }) => context.notifier.progressed(job.id),
+                Err(error) => tracing::warn!(job = %job.id, %error, "progress could not be recorded"),
+            }
+            ControlFlow::Continue(())
+        };
+        let result = backend.run(&spec, &mut on_progress);
+        drop(on_progress);
+        let output = match result {
+            Ok(output) => output,
+            Err(BackendError::Cancelled) => return Err(stopped_by.unwrap_or(Interruption::Canceled)),
+            Err(error) => return Ok(failed(error.job_error_code(), error.to_string())),
+        };
+        if let Some(reason) = interruption() {
+            return Err(reason);
+        }
+        let encoding = JobProgress { stage: Stage::EncodingVideo, step: spec.num_inference_steps, total_steps: spec.num_inference_steps, run: 1, total_runs: 1 };
+        let _ = context.runtime.block_on(context.store.update_progress(job.id, self.worker, encoding, now_millis()));
+        context.notifier.progressed(job.id);
+        let outcome = self.store_outputs(job, &spec, output);
+        drop(keeper);
+        Ok(outcome)
+    }
+
+    /// Writes the MP4 and the statistics; any failure here fails the job.
+    fn store_outputs(&self, job: &JobRecord, spec: &GenerateSpec, output: RunOutput) -> Finish {
+        let context = self.context;
+        let internal = |what: &str, error: &dyn std::fmt::Display| {
+            tracing::error!(job = %job.id, %error, "{what}");
+            failed("internal", format!("{what}; see the server log"))
+        };
+        if let Err(error) = std::fs::create_dir_all(&context.scratch_dir) {
+            return internal("could not create the scratch folder", &error);
+        }
+        let scratch = context.scratch_dir.join(format!("{}-{}.mp4", job.id, uuid::Uuid::new_v4().simple()));
+        if let Err(error) = encode_video(&output.frames, output.width, output.height, spec.fps, &scratch) {
+            let _ = std::fs::remove_file(&scratch);
+            return failed("video_encoding_failed", error);
+        }
+        let stored = ArtifactKey::job(job.id, VIDEO_ARTIFACT).map_err(|e| e.to_string()).and_then(|key| {
+            context.artifacts.put_file(&key, &scratch).map_err(|e| e.to_string())
+        });
+        let _ = std::fs::remove_file(&scratch);
+        if let Err(error) = stored {
+            return internal("could not store the video", &error);
+        }
+        let mut outputs = vec![VIDEO_ARTIFACT.to_string()];
+        if spec.attention.record != crate::jobs::spec::RecordMode::None {
+            let records = AttentionRecords { records: output.records };
+            let json = match serde_json::to_vec(&records) {
+                Ok(json) => json,
+                Err(error) => return internal("could not serialise the statistics", &error),
+            };
+            let stored = ArtifactKey::job(job.id, ATTENTION_ARTIFACT)
+                .map_err(|e| e.to_string())
+                .and_then(|key| context.artifacts.put_bytes(&key, &json).map_err(|e| e.to_string()));
+            if let Err(error) = stored {
+                return internal("could not store the statistics", &error);
+            }
+            if let Err(error) = context.runtime.block_on(context.store.insert_attention(job.id, records.records)) {
+                return internal("could not record the statistics", &error);
+            }
+            outputs.push(ATTENTION_ARTIFACT.to_string());
+        }
+        Finish::Succeeded { outputs }
+    }
+}
+
+fn failed(code: &str, message: impl Into<String>) -> Finish {
+    Finish::Failed(JobError { code: code.to_string(), message: message.into() })
+}
