@@ -248,7 +248,7 @@ async fn api_keys_isolate_owners_on_every_route() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn models_health_metrics_and_draining() {
+async fn models_health_and_metrics() {
     let app = spawn_app(AppOptions::default()).await;
     let models: Value = app.get("/v1/models").send().await.unwrap().json().await.unwrap();
     let model = &models["models"][0];
@@ -324,5 +324,42 @@ async fn shutdown_requeues_running_work_and_a_restart_finishes_it() {
     app.restart().await;
     let done = app.wait_for(&id, Some("succeeded"), Duration::from_secs(60)).await;
     assert_eq!(done["attempts"], 1, "{done}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_server_refuses_new_jobs() {
+    let mut app = spawn_app(AppOptions { step_delay: Duration::from_millis(200), ..Default::default() }).await;
+    let job = app.submit(json!({"kind": "generate", "prompt": "busy", "num_inference_steps": 50})).await;
+    app.wait_for(job["id"].as_str().unwrap(), Some("running"), LONG).await;
+    // Shutting down waits up to the 2 s grace period for the running job: meanwhile the API
+    // still answers, refusing new work.
+    let server = app.server.take().unwrap();
+    let stopping = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = app.post("/v1/jobs").json(&json!({"kind": "generate", "prompt": "late"})).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(refused.json::<Value>().await.unwrap()["error"]["code"], "draining");
+    assert_eq!(app.get("/readyz").send().await.unwrap().status(), 503);
+    assert_eq!(app.get("/healthz").send().await.unwrap().status(), 200);
+    stopping.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_follows_the_configured_origins() {
+    let app = spawn_app(AppOptions { workers: 0, cors_origins: vec!["https://app.example".into()], ..Default::default() }).await;
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/v1/jobs"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type,idempotency-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://app.example");
+    let other = app.get("/v1/models").header("origin", "https://evil.example").send().await.unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
     app.shutdown().await;
 }

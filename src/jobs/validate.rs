@@ -300,7 +300,7 @@ mod tests {
         let validation = ErrorCode::ValidationFailed;
         assert_eq!(field_of(base(json!({"num_frames": 4}))), (validation, Some("num_frames".into())));
         assert_eq!(field_of(base(json!({"num_frames": 8.5}))), (validation, Some("num_frames".into())));
-        assert_eq!(field_of(base(json!({"width": 72}))), (validation, Some("width".into())));
+        assert_eq!(field_of(base(json!({"width": 76}))), (validation, Some("width".into())));
         assert_eq!(field_of(base(json!({"height": 136}))), (validation, Some("height".into())));
         assert_eq!(field_of(base(json!({"guidance_scale": -1}))), (validation, Some("guidance_scale".into())));
         assert_eq!(field_of(base(json!({"seed": -3}))), (validation, Some("seed".into())));
@@ -314,7 +314,7 @@ mod tests {
         );
         assert_eq!(field_of(base(json!({"webhook_url": "ftp://x/"}))), (validation, Some("webhook_url".into())));
         assert_eq!(field_of(base(json!({"webhook_url": "http://x/", "webhook_events": ["end"]}))), (validation, Some("webhook_events[0]".into())));
-        assert!(validate(base(json!({"width": 128, "height": 72, "seed": 5}))).is_err());
+        assert!(validate(base(json!({"width": 128, "height": 76, "seed": 5}))).is_err());
         let spec = validate(base(json!({"width": 128, "height": 80, "seed": 5, "num_frames": 8}))).unwrap();
         assert_eq!((spec.width, spec.height, spec.seed, spec.num_frames), (128, 80, 5, 8));
     }

@@ -109,8 +109,15 @@ fn worker_loop(context: &WorkerContext, worker_id: &str) {
     let mut backends: HashMap<String, Box<dyn VideoBackend>> = HashMap::new();
     let lease_ms = context.lease.as_millis() as i64;
     tracing::info!(worker = worker_id, "worker started");
+    // Every worker sweeps for expired leases, but not on every poll: each sweep takes the
+    // database's write lock, and a lease lasts many polls anyway.
+    let sweep_interval = (context.lease / 4).max(Duration::from_millis(100));
+    let mut last_sweep: Option<Instant> = None;
     while !context.control.stop_claiming.load(Ordering::SeqCst) {
-        recover_expired_leases(context);
+        if last_sweep.is_none_or(|at| at.elapsed() >= sweep_interval) {
+            recover_expired_leases(context);
+            last_sweep = Some(Instant::now());
+        }
         match context.runtime.block_on(context.store.claim_next(worker_id, now_millis(), lease_ms)) {
             Ok(Some(job)) => runner::Runner { context, worker: worker_id, backends: &mut backends }.run(job),
             Ok(None) => idle(&context.control, context.poll_interval),

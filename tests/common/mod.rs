@@ -11,7 +11,6 @@ use entrovid::config::Settings;
 use entrovid::webhooks::RetryPolicy;
 use entrovid::worker::backend::BackendProvider;
 use entrovid::worker::fake::FakeProvider;
-use futures::StreamExt;
 use serde_json::Value;
 
 pub struct TestApp {
@@ -36,6 +35,7 @@ pub struct AppOptions {
     pub body_limit: usize,
     pub upload_limit: usize,
     pub webhook_allow_private: bool,
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for AppOptions {
@@ -51,6 +51,7 @@ impl Default for AppOptions {
             body_limit: 64 * 1024,
             upload_limit: 4 * 1024 * 1024,
             webhook_allow_private: true,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -69,6 +70,7 @@ pub fn settings_for(dir: &Path, options: &AppOptions) -> Settings {
     settings.store.lease_seconds = options.lease_seconds;
     settings.webhooks.secret = options.webhook_secret.clone();
     settings.webhooks.allow_private = options.webhook_allow_private;
+    settings.server.cors_origins = options.cors_origins.clone();
     settings
 }
 
@@ -177,16 +179,15 @@ pub struct SseEvent {
 }
 
 /// Reads a whole event stream (until the server closes it or `timeout`).
-pub async fn read_events(response: reqwest::Response, timeout: Duration) -> Vec<SseEvent> {
-    let mut stream = response.bytes_stream();
+pub async fn read_events(mut response: reqwest::Response, timeout: Duration) -> Vec<SseEvent> {
     let mut buffer = String::new();
     let mut events = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(chunk))) => chunk,
-            Ok(Some(Err(error))) => panic!("stream error: {error}"),
-            Ok(None) => break,
+        let chunk = match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => chunk,
+            Ok(Err(error)) => panic!("stream error: {error}"),
+            Ok(Ok(None)) => break,
             Err(_) => panic!("event stream did not close within {timeout:?}; got {} events", events.len()),
         };
         buffer.push_str(&String::from_utf8_lossy(&chunk));

@@ -220,26 +220,20 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    /// GPT-2/CLIP's byte → printable character table.
+    /// GPT-2/CLIP's byte → printable character table, in the order of CLIP's vocabulary: the
+    /// printable bytes first (as themselves), then the other bytes mapped to U+0100 onwards.
     fn bytes_to_unicode() -> Vec<char> {
-        let mut printable: Vec<u32> = (u32::from('!')..=u32::from('~'))
+        let printable: Vec<u32> = (u32::from('!')..=u32::from('~'))
             .chain(0xA1..=0xAC)
             .chain(0xAE..=0xFF)
             .collect();
-        let mut chars: Vec<u32> = printable.clone();
-        let mut extra = 0;
-        for byte in 0..256u32 {
-            if !printable.contains(&byte) {
-                printable.push(byte);
-                chars.push(256 + extra);
-                extra += 1;
-            }
-        }
-        let mut table = vec![' '; 256];
-        for (byte, ch) in printable.iter().zip(chars) {
-            table[*byte as usize] = char::from_u32(ch).unwrap();
-        }
-        table
+        let others = (0..256u32).filter(|byte| !printable.contains(byte)).count() as u32;
+        printable
+            .iter()
+            .copied()
+            .chain(256..256 + others)
+            .map(|code| char::from_u32(code).unwrap())
+            .collect()
     }
 
     /// A tiny CLIP-style vocabulary: every byte with and without `</w>`, a few merges, and the two

@@ -1,20 +1,20 @@
 //! The video pipeline's image autoencoder: diffusers' `AutoencoderKL` (encode to the latent
 //! posterior, decode latents to RGB in [-1, 1]), applied frame by frame to videos.
 //!
-//! The building blocks (resnets, down/up blocks, the mid block with its single-head attention,
-//! which reads both the current `to_q/to_k/to_v/to_out.0` and the older
-//! `query/key/value/proj_attn` key names) come from candle-transformers' Stable Diffusion code,
-//! which matches diffusers. The autoencoder around them is written here because candle's
-//! `AutoEncoderKL` does not expose the posterior mean, does not clamp the log-variance the way
-//! diffusers does, and cannot be configured from `config.json`.
+//! The resnets and the down/up blocks come from candle-transformers' Stable Diffusion code, which
+//! matches diffusers. The autoencoder around them is written here because candle's `AutoEncoderKL`
+//! does not expose the posterior mean, does not clamp the log-variance the way diffusers does, and
+//! cannot be configured from `config.json`; the mid block too, because candle's mid-block
+//! attention feeds a transposed (non-contiguous) tensor to `Linear`, which candle 0.11.1's CPU
+//! batched matmul miscomputes for batches larger than one.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig,
-    UpDecoderBlock2D, UpDecoderBlock2DConfig,
+    DownEncoderBlock2D, DownEncoderBlock2DConfig, UpDecoderBlock2D, UpDecoderBlock2DConfig,
 };
 use serde::Deserialize;
 
@@ -267,24 +267,98 @@ fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Co
     conv2d(in_channels, out_channels, 3, config, vb)
 }
 
-/// The mid block of both halves: resnet, single-head self-attention, resnet.
-fn mid_block(vb: VarBuilder, channels: usize, config: &VaeConfig) -> Result<UNetMidBlock2D> {
-    let mid_config = UNetMidBlock2DConfig {
-        num_layers: 1,
-        resnet_eps: NORM_EPS,
-        resnet_groups: Some(config.norm_num_groups),
-        // One head spanning every channel, as diffusers' attention_head_dim = channels.
-        attn_num_head_channels: None,
-        output_scale_factor: 1.0,
-    };
-    UNetMidBlock2D::new(vb, channels, None, mid_config)
+/// The mid block of both halves (diffusers' `UNetMidBlock2D` without time embedding): resnet,
+/// single-head self-attention over all pixels, resnet.
+#[derive(Debug)]
+struct MidBlock {
+    first: ResnetBlock2D,
+    attention: MidAttention,
+    second: ResnetBlock2D,
+}
+
+impl MidBlock {
+    fn new(vb: VarBuilder, channels: usize, config: &VaeConfig) -> Result<Self> {
+        let resnet_config = ResnetBlock2DConfig {
+            eps: NORM_EPS,
+            groups: config.norm_num_groups,
+            temb_channels: None,
+            output_scale_factor: 1.0,
+            ..Default::default()
+        };
+        let resnets = vb.pp("resnets");
+        Ok(Self {
+            first: ResnetBlock2D::new(resnets.pp(0), channels, resnet_config)?,
+            attention: MidAttention::new(vb.pp("attentions").pp(0), channels, config.norm_num_groups)?,
+            second: ResnetBlock2D::new(resnets.pp(1), channels, resnet_config)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let xs = self.first.forward(xs, None)?;
+        let xs = self.attention.forward(&xs)?;
+        self.second.forward(&xs, None)
+    }
+}
+
+/// diffusers' `Attention` as the VAE mid block uses it: group norm, one head spanning every
+/// channel, residual connection, output scale 1.
+#[derive(Debug)]
+struct MidAttention {
+    group_norm: GroupNorm,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+}
+
+impl MidAttention {
+    fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
+        // Checkpoints converted from the original code name the projections query/key/value/
+        // proj_attn; diffusers renames them on load, and so does this.
+        let names = if vb.contains_tensor("to_q.weight") {
+            ["to_q", "to_k", "to_v", "to_out.0"]
+        } else {
+            ["query", "key", "value", "proj_attn"]
+        };
+        let projection = |name: &str| linear(channels, channels, vb.pp(name));
+        Ok(Self {
+            group_norm: group_norm(groups, channels, NORM_EPS, vb.pp("group_norm"))?,
+            to_q: projection(names[0])?,
+            to_k: projection(names[1])?,
+            to_v: projection(names[2])?,
+            to_out: projection(names[3])?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (batch, channels, height, width) = xs.dims4()?;
+        // [B, C, H, W] → [B, H·W, C], made contiguous before the projections (see module docs).
+        let tokens = self
+            .group_norm
+            .forward(xs)?
+            .reshape((batch, channels, height * width))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let scale = (channels as f64).powf(-0.5);
+        let q = self.to_q.forward(&tokens)?.to_dtype(DType::F32)?;
+        let k = self.to_k.forward(&tokens)?.to_dtype(DType::F32)?;
+        let v = self.to_v.forward(&tokens)?.to_dtype(DType::F32)?;
+        let probs = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?;
+        let attended = probs.matmul(&v)?.to_dtype(xs.dtype())?;
+        let out = self
+            .to_out
+            .forward(&attended)?
+            .transpose(1, 2)?
+            .reshape((batch, channels, height, width))?;
+        out + xs
+    }
 }
 
 #[derive(Debug)]
 struct Encoder {
     conv_in: Conv2d,
     down_blocks: Vec<DownEncoderBlock2D>,
-    mid_block: UNetMidBlock2D,
+    mid_block: MidBlock,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
 }
@@ -311,7 +385,7 @@ impl Encoder {
         Ok(Self {
             conv_in,
             down_blocks,
-            mid_block: mid_block(vb.pp("mid_block"), last, config)?,
+            mid_block: MidBlock::new(vb.pp("mid_block"), last, config)?,
             conv_norm_out: group_norm(config.norm_num_groups, last, NORM_EPS, vb.pp("conv_norm_out"))?,
             // Mean and log-variance ("double_z").
             conv_out: conv3x3(last, 2 * config.latent_channels, vb.pp("conv_out"))?,
@@ -323,7 +397,7 @@ impl Encoder {
         for block in &self.down_blocks {
             xs = block.forward(&xs)?;
         }
-        let xs = self.mid_block.forward(&xs, None)?;
+        let xs = self.mid_block.forward(&xs)?;
         let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
         self.conv_out.forward(&xs)
     }
@@ -332,7 +406,7 @@ impl Encoder {
 #[derive(Debug)]
 struct Decoder {
     conv_in: Conv2d,
-    mid_block: UNetMidBlock2D,
+    mid_block: MidBlock,
     up_blocks: Vec<UpDecoderBlock2D>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
@@ -357,7 +431,7 @@ impl Decoder {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             conv_in: conv3x3(config.latent_channels, reversed[0], vb.pp("conv_in"))?,
-            mid_block: mid_block(vb.pp("mid_block"), reversed[0], config)?,
+            mid_block: MidBlock::new(vb.pp("mid_block"), reversed[0], config)?,
             up_blocks,
             conv_norm_out: group_norm(config.norm_num_groups, first, NORM_EPS, vb.pp("conv_norm_out"))?,
             conv_out: conv3x3(first, config.out_channels, vb.pp("conv_out"))?,
@@ -365,7 +439,7 @@ impl Decoder {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = self.mid_block.forward(&self.conv_in.forward(xs)?, None)?;
+        let mut xs = self.mid_block.forward(&self.conv_in.forward(xs)?)?;
         for block in &self.up_blocks {
             xs = block.forward(&xs)?;
         }

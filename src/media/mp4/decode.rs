@@ -168,9 +168,15 @@ fn open_decoder(parameters: &codec::Parameters) -> Result<decoder::Video, MediaE
         count: 0,
         ..Default::default()
     });
+    let codec = decoder::find(parameters.id())
+        .ok_or_else(|| MediaError::InvalidVideo(format!("unsupported video codec {:?}", parameters.id())))?;
+    // Report damaged bitstreams instead of concealing the damage and returning pictures.
+    let mut options = Dictionary::new();
+    options.set("err_detect", "explode");
     context
         .decoder()
-        .video()
+        .open_as_with(codec, options)
+        .and_then(|opened| opened.video())
         .map_err(invalid("unsupported video codec"))
 }
 

@@ -166,7 +166,7 @@ fn write_video(
     )
     .map_err(encode_error("creating the RGB to YUV converter"))?;
     let mut rgb_frame = frame::Video::new(Pixel::RGB24, width, height);
-    let mut muxing = PacketWriter {
+    let muxing = PacketWriter {
         stream_index,
         frame_time_base,
         stream_time_base,
@@ -227,8 +227,8 @@ impl PacketWriter {
                 Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::error::EAGAIN => return Ok(()),
                 Err(error) => return Err(encode_error("receiving a packet from libx264")(error)),
             }
-            // libx264 in FFmpeg 5.1 leaves durations at 0; the MP4 muxer then writes an edit list
-            // that hides the last frame. Each packet is exactly one frame long.
+            // Some FFmpeg 5.1 + libx264 setups leave durations at 0; the MP4 muxer then writes an
+            // edit list that hides the last frame. Each packet is exactly one frame long.
             if packet.duration() == 0 {
                 packet.set_duration(1);
             }

@@ -219,6 +219,21 @@ fn truncated_files_are_invalid() {
 }
 
 #[test]
+fn damaged_frame_data_is_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = encode_clip(dir.path(), "clip.mp4", 16, 8);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The moov box comes first, so the last 40 % of the file is frame data only.
+    let start = bytes.len() * 3 / 5;
+    for byte in &mut bytes[start..] {
+        *byte ^= 0x5A;
+    }
+    let damaged = dir.path().join("damaged.mp4");
+    std::fs::write(&damaged, &bytes).unwrap();
+    assert_invalid_video(decode_mp4(&damaged));
+}
+
+#[test]
 fn empty_random_and_non_video_files_are_invalid() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.mp4");

@@ -1,0 +1,102 @@
+//! The `entrovid` command line: `generate` writes a decodable MP4 (and statistics), `migrate`
+//! creates the database, bad settings fail with a message naming them.
+
+use std::process::Command;
+
+fn entrovid() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_entrovid"));
+    command.env("ENTROVID_LOG", "warn");
+    command
+}
+
+#[test]
+fn generate_writes_an_mp4_and_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.mp4");
+    let stats = dir.path().join("stats.json");
+    let result = entrovid()
+        .env("ENTROVID_SYNTHETIC_STEP_MS", "1")
+        .args(["generate", "--prompt", "a lighthouse", "--num-frames", "5", "--width", "32", "--height", "24", "--steps", "2", "--fps", "12"])
+        .arg("--output")
+        .arg(&output)
+        .arg("--stats")
+        .arg(&stats)
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let video = entrovid::media::mp4::decode_mp4(&output).unwrap();
+    assert_eq!((video.frames.len(), video.width, video.height), (5, 32, 24));
+    assert!((video.fps - 12.0).abs() < 1e-6);
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(stats["records"].as_array().unwrap().len(), 3 * 2);
+}
+
+#[test]
+fn generate_refuses_out_of_range_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let result = entrovid()
+        .env("ENTROVID_SYNTHETIC_STEP_MS", "1")
+        .args(["generate", "--prompt", "x", "--width", "33"])
+        .arg("--output")
+        .arg(dir.path().join("x.mp4"))
+        .output()
+        .unwrap();
+    assert!(!result.status.success());
+    assert!(String::from_utf8_lossy(&result.stderr).contains("width"), "{}", String::from_utf8_lossy(&result.stderr));
+}
+
+#[test]
+fn migrate_creates_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let result = entrovid().arg("migrate").arg("--data-dir").arg(dir.path()).output().unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(dir.path().join("entrovid.db").is_file());
+}
+
+#[test]
+fn bad_settings_are_reported() {
+    let result = entrovid().env("ENTROVID_LEASE_SECONDS", "soon").arg("migrate").output().unwrap();
+    assert_eq!(result.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("ENTROVID_LEASE_SECONDS"));
+}
+
+/// `debug unet` is wired to the model crate's tool: on a committed fixture it writes a
+/// prediction shaped like the reference and statistics for the same sites and kinds. (Numerical
+/// parity itself is the model crate's test.)
+#[test]
+fn debug_unet_runs_on_a_fixture() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_a");
+    let dir = tempfile::tempdir().unwrap();
+    let (out, stats) = (dir.path().join("out.safetensors"), dir.path().join("stats.json"));
+    let result = entrovid()
+        .args(["debug", "unet"])
+        .arg("--model")
+        .arg(&fixture)
+        .arg("--inputs")
+        .arg(fixture.join("ref/unet.safetensors"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--stats")
+        .arg(&stats)
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let device = candle_core::Device::Cpu;
+    let predicted = candle_core::safetensors::load(&out, &device).unwrap();
+    let reference = candle_core::safetensors::load(fixture.join("ref/unet.safetensors"), &device).unwrap();
+    assert_eq!(predicted["sample"].dims(), reference["out_sample"].dims());
+    let ours: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let theirs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("ref/unet_stats.json")).unwrap()).unwrap();
+    let kinds = |stats: &serde_json::Value| -> Vec<(String, String)> {
+        let mut kinds: Vec<_> = stats
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(site, s)| (site.clone(), s["kind"].as_str().unwrap().to_string()))
+            .collect();
+        kinds.sort();
+        kinds
+    };
+    assert_eq!(kinds(&ours), kinds(&theirs));
+}
