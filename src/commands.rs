@@ -23,7 +23,8 @@ pub fn model_provider(settings: &Settings) -> anyhow::Result<Arc<dyn BackendProv
         tracing::warn!(step_ms, "serving the synthetic test model instead of model folders");
         return Ok(Arc::new(crate::worker::fake::FakeProvider::new(std::time::Duration::from_millis(step_ms))));
     }
-    anyhow::bail!("no model backend in this build yet (models folder {})", settings.models.dir.display())
+    let provider = crate::worker::pipeline_backend::PipelineProvider::scan(&settings.models.dir)?;
+    Ok(Arc::new(provider))
 }
 
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {

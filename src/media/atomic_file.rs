@@ -49,7 +49,8 @@ impl PendingFile {
         File::open(&self.temp)
             .and_then(|file| file.sync_all())
             .map_err(|source| MediaError::io(&self.temp, source))?;
-        std::fs::rename(&self.temp, &self.dest).map_err(|source| MediaError::io(&self.dest, source))?;
+        std::fs::rename(&self.temp, &self.dest)
+            .map_err(|source| MediaError::io(&self.dest, source))?;
         self.committed = true;
         Ok(())
     }
@@ -67,8 +68,8 @@ impl Drop for PendingFile {
 /// Writes `bytes` to `dest` atomically.
 pub(crate) fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<(), MediaError> {
     let pending = PendingFile::new(dest)?;
-    let mut file =
-        File::create(pending.temp_path()).map_err(|source| MediaError::io(pending.temp_path(), source))?;
+    let mut file = File::create(pending.temp_path())
+        .map_err(|source| MediaError::io(pending.temp_path(), source))?;
     file.write_all(bytes)
         .map_err(|source| MediaError::io(pending.temp_path(), source))?;
     drop(file);

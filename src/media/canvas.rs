@@ -55,10 +55,21 @@ impl Canvas {
     #[cfg(test)]
     pub(crate) fn pixel(&self, x: usize, y: usize) -> Rgb {
         let offset = (y * self.width + x) * 3;
-        [self.pixels[offset], self.pixels[offset + 1], self.pixels[offset + 2]]
+        [
+            self.pixels[offset],
+            self.pixels[offset + 1],
+            self.pixels[offset + 2],
+        ]
     }
 
-    pub(crate) fn fill_rect(&mut self, x: usize, y: usize, width: usize, height: usize, color: Rgb) {
+    pub(crate) fn fill_rect(
+        &mut self,
+        x: usize,
+        y: usize,
+        width: usize,
+        height: usize,
+        color: Rgb,
+    ) {
         let x_end = x.saturating_add(width).min(self.width);
         let y_end = y.saturating_add(height).min(self.height);
         for row in y.min(y_end)..y_end {

@@ -43,9 +43,14 @@ const ROW_GAP: usize = 12;
 const CAPTION: [u8; 3] = [90, 90, 90];
 
 /// Renders the contact sheet as PNG bytes.
-pub fn contact_sheet(videos: &[SheetVideo<'_>], style: &ContactSheetStyle) -> Result<Vec<u8>, MediaError> {
+pub fn contact_sheet(
+    videos: &[SheetVideo<'_>],
+    style: &ContactSheetStyle,
+) -> Result<Vec<u8>, MediaError> {
     if videos.is_empty() {
-        return Err(MediaError::InvalidInput("contact sheet has no videos".into()));
+        return Err(MediaError::InvalidInput(
+            "contact sheet has no videos".into(),
+        ));
     }
     if style.max_columns == 0 || style.thumb_height == 0 {
         return Err(MediaError::InvalidInput(
@@ -61,12 +66,24 @@ pub fn contact_sheet(videos: &[SheetVideo<'_>], style: &ContactSheetStyle) -> Re
         .title
         .as_ref()
         .map_or(0, |_| LINE_HEIGHT * TITLE_SCALE + GAP);
-    let title_width = style.title.as_deref().map_or(0, |t| text_width(t, TITLE_SCALE));
+    let title_width = style
+        .title
+        .as_deref()
+        .map_or(0, |t| text_width(t, TITLE_SCALE));
     let row_height = LINE_HEIGHT + 2 + style.thumb_height + 2 + LINE_HEIGHT;
-    let content_width = rows.iter().map(|row| row.width).max().unwrap_or(0).max(title_width);
+    let content_width = rows
+        .iter()
+        .map(|row| row.width)
+        .max()
+        .unwrap_or(0)
+        .max(title_width);
     let content_height = title_height + rows.len() * row_height + (rows.len() - 1) * ROW_GAP;
 
-    let mut canvas = Canvas::new(content_width + 2 * MARGIN, content_height + 2 * MARGIN, WHITE)?;
+    let mut canvas = Canvas::new(
+        content_width + 2 * MARGIN,
+        content_height + 2 * MARGIN,
+        WHITE,
+    )?;
     if let Some(title) = &style.title {
         canvas.draw_text(MARGIN, MARGIN, title, BLACK, TITLE_SCALE);
     }
@@ -123,12 +140,15 @@ impl RowLayout {
                 video.height,
             )?;
         }
-        let thumb_width = (video.width.saturating_mul(style.thumb_height) + video.height / 2) / video.height;
+        let thumb_width =
+            (video.width.saturating_mul(style.thumb_height) + video.height / 2) / video.height;
         let thumb_width = thumb_width.max(1);
         let frame_indices = sample_evenly(video.frames.len(), style.max_columns);
         let columns = frame_indices.len();
         let thumbs_width = columns.saturating_mul(thumb_width) + columns.saturating_sub(1) * GAP;
-        let width = thumbs_width.max(text_width(video.label, 1)).max(text_width("no frames", 1));
+        let width = thumbs_width
+            .max(text_width(video.label, 1))
+            .max(text_width("no frames", 1));
         Ok(RowLayout {
             frame_indices,
             thumb_width,
@@ -165,8 +185,18 @@ mod tests {
         let first = solid_frames(16, 64, 32);
         let second = solid_frames(3, 32, 32);
         let videos = [
-            SheetVideo { label: "baseline", frames: &first, width: 64, height: 32 },
-            SheetVideo { label: "steered", frames: &second, width: 32, height: 32 },
+            SheetVideo {
+                label: "baseline",
+                frames: &first,
+                width: 64,
+                height: 32,
+            },
+            SheetVideo {
+                label: "steered",
+                frames: &second,
+                width: 32,
+                height: 32,
+            },
         ];
         let style = ContactSheetStyle {
             max_columns: 4,
@@ -195,7 +225,12 @@ mod tests {
     #[test]
     fn inconsistent_frames_are_an_error() {
         let frames = vec![vec![0u8; 10]];
-        let videos = [SheetVideo { label: "bad", frames: &frames, width: 4, height: 4 }];
+        let videos = [SheetVideo {
+            label: "bad",
+            frames: &frames,
+            width: 4,
+            height: 4,
+        }];
         assert!(matches!(
             contact_sheet(&videos, &ContactSheetStyle::default()),
             Err(MediaError::InvalidInput(_))
@@ -205,7 +240,12 @@ mod tests {
 
     #[test]
     fn video_without_frames_still_renders() {
-        let videos = [SheetVideo { label: "empty", frames: &[], width: 8, height: 8 }];
+        let videos = [SheetVideo {
+            label: "empty",
+            frames: &[],
+            width: 8,
+            height: 8,
+        }];
         assert!(contact_sheet(&videos, &ContactSheetStyle::default()).is_ok());
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use super::canvas::{Canvas, Rgb, BLACK, MAX_CANVAS_PIXELS, WHITE};
 use super::colormap::viridis;
-use super::font::{text_width, LINE_HEIGHT};
+use super::font::{text_width, GLYPH_HEIGHT, LINE_HEIGHT};
 use super::image::encode_png_rgb;
 use super::MediaError;
 
@@ -63,7 +63,7 @@ impl Default for HeatmapStyle {
             title: None,
             value_range: None,
             cell_width: None,
-            cell_height: 9,
+            cell_height: 10,
             max_label_chars: 64,
         }
     }
@@ -118,7 +118,12 @@ impl HeatmapInput {
             entry.0 += cell.value;
             entry.1 += 1;
         }
-        let rank = |kind: &str| KIND_ORDER.iter().position(|k| *k == kind).unwrap_or(KIND_ORDER.len());
+        let rank = |kind: &str| {
+            KIND_ORDER
+                .iter()
+                .position(|k| *k == kind)
+                .unwrap_or(KIND_ORDER.len())
+        };
         // Stable sort: unknown kinds keep their order of appearance.
         kinds.sort_by_key(|(kind, _)| rank(kind));
 
@@ -177,9 +182,9 @@ pub fn render_heatmap(input: &HeatmapInput, style: &HeatmapStyle) -> Result<Vec<
             )));
         }
     }
-    if style.cell_height < LINE_HEIGHT {
+    if style.cell_height < GLYPH_HEIGHT {
         return Err(MediaError::InvalidInput(format!(
-            "heatmap cell height {} is below the {LINE_HEIGHT} px a label needs",
+            "heatmap cell height {} is below the {GLYPH_HEIGHT} px a label needs",
             style.cell_height
         )));
     }
@@ -207,7 +212,11 @@ pub fn render_heatmap(input: &HeatmapInput, style: &HeatmapStyle) -> Result<Vec<
         + layouts.iter().map(|layout| layout.height).sum::<usize>()
         + PANEL_GAP * (layouts.len() - 1);
 
-    let mut canvas = Canvas::new(content_width + 2 * MARGIN, content_height + 2 * MARGIN, WHITE)?;
+    let mut canvas = Canvas::new(
+        content_width + 2 * MARGIN,
+        content_height + 2 * MARGIN,
+        WHITE,
+    )?;
     if let Some(title) = &style.title {
         canvas.draw_text(MARGIN, MARGIN, title, BLACK, TITLE_SCALE);
     }
@@ -268,17 +277,23 @@ impl PanelLayout {
         let body_height = grid_height.max(3 * LINE_HEIGHT);
 
         let (low, high) = color_range(panel, style);
+        let span = high - low;
         let bar_labels = [
-            format_value(high),
-            format_value((low + high) / 2.0),
-            format_value(low),
+            format_value(high, span),
+            format_value(low + span / 2.0, span),
+            format_value(low, span),
         ];
-        let bar_label_width = bar_labels.iter().map(|label| text_width(label, 1)).max().unwrap_or(0);
+        let bar_label_width = bar_labels
+            .iter()
+            .map(|label| text_width(label, 1))
+            .max()
+            .unwrap_or(0);
 
         let widest_step_label = text_width(&panel.steps.saturating_sub(1).to_string(), 1);
         let tick_every = tick_interval(widest_step_label + 4, cell_width);
 
-        let body_width = label_width + grid_width + BAR_GAP + BAR_WIDTH + BAR_LABEL_GAP + bar_label_width;
+        let body_width =
+            label_width + grid_width + BAR_GAP + BAR_WIDTH + BAR_LABEL_GAP + bar_label_width;
         let width = body_width.max(text_width(&panel.title, TITLE_SCALE));
         // Title, "site" header, body, ticks, tick labels, "step" axis title.
         let height = LINE_HEIGHT * TITLE_SCALE
@@ -324,7 +339,13 @@ impl PanelLayout {
         let (low, high) = color_range(panel, style);
         for (row, label) in self.labels.iter().enumerate() {
             let row_top = grid_top + row * style.cell_height;
-            canvas.draw_text(left, row_top + (style.cell_height - LINE_HEIGHT + 1) / 2, label, BLACK, 1);
+            canvas.draw_text(
+                left,
+                row_top + (style.cell_height - GLYPH_HEIGHT) / 2,
+                label,
+                BLACK,
+                1,
+            );
             for step in 0..panel.steps {
                 let value = panel.values[row * panel.steps + step];
                 let color = if value.is_finite() {
@@ -348,11 +369,19 @@ impl PanelLayout {
             let center = grid_left + step * self.cell_width + self.cell_width / 2;
             canvas.fill_rect(center, axis_top, 1, TICK_LENGTH, AXIS_TEXT);
             let label = step.to_string();
-            let label_left = center.saturating_sub(text_width(&label, 1) / 2).max(grid_left);
+            let label_left = center
+                .saturating_sub(text_width(&label, 1) / 2)
+                .max(grid_left);
             canvas.draw_text(label_left, axis_top + TICK_LENGTH + 2, &label, AXIS_TEXT, 1);
         }
         let axis_title_left = grid_left + self.grid_width.saturating_sub(text_width("step", 1)) / 2;
-        canvas.draw_text(axis_title_left, axis_top + TICK_LENGTH + 2 + LINE_HEIGHT, "step", AXIS_TEXT, 1);
+        canvas.draw_text(
+            axis_title_left,
+            axis_top + TICK_LENGTH + 2 + LINE_HEIGHT,
+            "step",
+            AXIS_TEXT,
+            1,
+        );
 
         // Colour bar: high at the top, labelled at top, middle and bottom.
         let bar_left = grid_left + self.grid_width + BAR_GAP;
@@ -423,15 +452,25 @@ fn shorten_label(label: &str, max_chars: usize) -> String {
     format!("..{tail}")
 }
 
-/// Compact number formatting for colour-bar labels.
-fn format_value(value: f64) -> String {
-    let magnitude = value.abs();
-    if value == 0.0 {
-        "0".to_string()
-    } else if (0.01..10_000.0).contains(&magnitude) {
-        format!("{value:.3}")
+/// Colour-bar label for `value` on a scale spanning `span`: enough decimals to tell the labels
+/// apart, scientific notation for very large or very small scales, and no "-0".
+fn format_value(value: f64, span: f64) -> String {
+    let magnitude = value.abs().max(span.abs());
+    if magnitude == 0.0 {
+        return "0".to_string();
+    }
+    if !(0.01..10_000.0).contains(&magnitude) {
+        return format!("{value:.2e}");
+    }
+    let decimals = if span > 0.0 {
+        (2 - span.log10().floor() as i64).clamp(0, 4) as usize
     } else {
-        format!("{value:.2e}")
+        3
+    };
+    let text = format!("{value:.decimals$}");
+    match text.strip_prefix('-') {
+        Some(unsigned) if unsigned.chars().all(|c| c == '0' || c == '.') => unsigned.to_string(),
+        _ => text,
     }
 }
 
@@ -443,15 +482,23 @@ mod tests {
     fn panel(title: &str, rows: usize, steps: usize) -> Panel {
         Panel {
             title: title.to_string(),
-            rows: (0..rows).map(|r| format!("down_blocks.{r}.attentions.0.attn1")).collect(),
+            rows: (0..rows)
+                .map(|r| format!("down_blocks.{r}.attentions.0.attn1"))
+                .collect(),
             steps,
-            values: (0..rows * steps).map(|i| i as f64 / (rows * steps) as f64).collect(),
+            values: (0..rows * steps)
+                .map(|i| i as f64 / (rows * steps) as f64)
+                .collect(),
         }
     }
 
     fn three_kinds() -> HeatmapInput {
         HeatmapInput {
-            kinds: vec![panel("spatial", 4, 25), panel("cross", 3, 25), panel("temporal", 5, 25)],
+            kinds: vec![
+                panel("spatial", 4, 25),
+                panel("cross", 3, 25),
+                panel("temporal", 5, 25),
+            ],
         }
     }
 
@@ -472,10 +519,10 @@ mod tests {
             layouts.iter().map(|l| l.height).sum::<usize>() + 2 * PANEL_GAP + 2 * MARGIN;
         assert_eq!((width, height), (expected_width, expected_height));
         assert_eq!(rgb.len(), width * height * 3);
-        // 25 steps -> 24 px columns, 4 rows of 9 px in the first panel.
+        // 25 steps -> 24 px columns, 4 rows of 10 px in the first panel.
         assert_eq!(layouts[0].cell_width, 24);
         assert_eq!(layouts[0].grid_width, 600);
-        assert_eq!(layouts[0].grid_height, 36);
+        assert_eq!(layouts[0].grid_height, 40);
     }
 
     #[test]
@@ -501,7 +548,12 @@ mod tests {
             let offset = (y * width + x) * 3;
             [rgb[offset], rgb[offset + 1], rgb[offset + 2]]
         };
-        let cell = |row: usize, step: usize| pixel(grid_left + step * 10 + 5, grid_top + row * 9 + 4);
+        let cell = |row: usize, step: usize| {
+            pixel(
+                grid_left + step * 10 + 5,
+                grid_top + row * style.cell_height + 4,
+            )
+        };
         assert_eq!(cell(0, 0), viridis(0.0));
         assert_eq!(cell(0, 1), viridis(0.5));
         assert_eq!(cell(1, 0), MISSING);
@@ -584,8 +636,12 @@ mod tests {
     fn labels_and_values_are_formatted_compactly() {
         assert_eq!(shorten_label("abcdef", 4), "..ef");
         assert_eq!(shorten_label("abc", 4), "abc");
-        assert_eq!(format_value(0.5), "0.500");
-        assert_eq!(format_value(0.0), "0");
-        assert_eq!(format_value(123456.0), "1.23e5");
+        assert_eq!(format_value(0.5, 1.0), "0.50");
+        assert_eq!(format_value(-0.0002, 2.0), "0.00");
+        assert_eq!(format_value(0.4512, 0.05), "0.4512");
+        assert_eq!(format_value(3.0, 0.0), "3.000");
+        assert_eq!(format_value(0.0, 0.0), "0");
+        assert_eq!(format_value(123456.0, 10.0), "1.23e5");
+        assert_eq!(format_value(0.001, 0.002), "1.00e-3");
     }
 }

@@ -32,12 +32,19 @@ pub fn encode_png_rgb(width: usize, height: usize, rgb: &[u8]) -> Result<Vec<u8>
     writer
         .write_image_data(rgb)
         .map_err(|e| MediaError::Png(e.to_string()))?;
-    writer.finish().map_err(|e| MediaError::Png(e.to_string()))?;
+    writer
+        .finish()
+        .map_err(|e| MediaError::Png(e.to_string()))?;
     Ok(bytes)
 }
 
 /// Writes an RGB24 image to `path` as PNG, atomically (temporary file, then rename).
-pub fn write_png_rgb(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result<(), MediaError> {
+pub fn write_png_rgb(
+    path: &Path,
+    width: usize,
+    height: usize,
+    rgb: &[u8],
+) -> Result<(), MediaError> {
     let bytes = encode_png_rgb(width, height, rgb)?;
     write_atomically(path, &bytes)
 }

@@ -5,7 +5,7 @@
 
 pub mod backend;
 pub mod fake;
-// pub mod pipeline_backend; (enabled once entrovid_model::pipeline exports TextToVideoPipeline)
+pub mod pipeline_backend;
 mod lease;
 mod runner;
 mod video_file;

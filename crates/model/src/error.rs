@@ -35,6 +35,14 @@ pub enum ModelError {
     #[error("{field}: {message}")]
     InvalidParams { field: String, message: String },
 
+    /// A device name that is neither `cpu` nor `cuda[:N]`.
+    #[error("unknown device {spec:?}: expected cpu, cuda or cuda:N")]
+    InvalidDevice { spec: String },
+
+    /// A dtype name that is not f32, f16 or bf16.
+    #[error("unknown dtype {name:?}: expected f32, f16 or bf16")]
+    InvalidDType { name: String },
+
     /// The caller asked for the run to stop (its progress callback returned `Break`).
     #[error("cancelled")]
     Cancelled,

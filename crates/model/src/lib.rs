@@ -5,8 +5,10 @@
 //! mutable state and are shared read-only between jobs.
 
 pub mod attention;
+pub mod bench;
 pub mod clip;
 pub mod debug;
+pub mod device;
 pub mod error;
 pub mod model_info;
 pub mod noise;

@@ -5,9 +5,11 @@
 
 pub mod frames;
 pub mod sampling;
+mod text_to_video;
 
 pub use frames::{rgb_frames, video_to_images};
 pub use sampling::{Denoiser, Guidance};
+pub use text_to_video::TextToVideoPipeline;
 
 /// Everything a generation request decides. The server fills in the model's defaults
 /// (see [`crate::model_info::ModelInfo`]) before calling.

@@ -160,3 +160,51 @@ fn ddim_matches_diffusers() {
         }
     }
 }
+
+#[derive(Deserialize)]
+struct Manifest {
+    pipeline: PipelineManifest,
+}
+
+#[derive(Deserialize)]
+struct PipelineManifest {
+    prompt: String,
+    negative_prompt: String,
+    num_inference_steps: usize,
+    guidance_scale: f64,
+}
+
+#[test]
+fn pipeline_matches_diffusers_end_to_end() {
+    use entrovid_model::pipeline::TextToVideoPipeline;
+    for dir in fixture_dirs() {
+        let what = dir.display().to_string();
+        let manifest: Manifest =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+        let run = manifest.pipeline;
+        let reference = load_ref(&dir, "pipeline.safetensors");
+        let pipeline = TextToVideoPipeline::load(&dir, &Device::Cpu, DType::F32).unwrap();
+        let guidance = pipeline
+            .encode_prompts(&run.prompt, &run.negative_prompt, run.guidance_scale)
+            .unwrap();
+        let mut steps_seen = 0;
+        let latents = pipeline
+            .denoise(
+                tensor(&reference, "initial_latents").clone(),
+                &guidance,
+                run.num_inference_steps,
+                None,
+                &mut |_| {
+                    steps_seen += 1;
+                    std::ops::ControlFlow::Continue(())
+                },
+            )
+            .unwrap();
+        assert_eq!(steps_seen, run.num_inference_steps);
+        assert_close(&format!("{what} final_latents"), &latents, tensor(&reference, "final_latents"), 1e-3);
+
+        let images = pipeline.vae().decode_video(&latents, 2).unwrap();
+        let frames = ((images / 2.0).unwrap() + 0.5).unwrap().clamp(0f32, 1f32).unwrap();
+        assert_close(&format!("{what} frames"), &frames.unsqueeze(0).unwrap(), tensor(&reference, "frames"), 1e-3);
+    }
+}

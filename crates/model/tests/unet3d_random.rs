@@ -193,3 +193,21 @@ fn mismatched_inputs_are_errors_not_panics() {
     let three_timesteps = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
     assert!(unet.forward(&good.sample, &three_timesteps, &good.text, &mut ctx).is_err());
 }
+
+#[test]
+fn modelscope_layout_has_66_sites() {
+    // diffusers' default block structure with narrow channels (the full model needs 5.6 GB).
+    let config: UNet3DConfig = serde_json::from_value(serde_json::json!({
+        "block_out_channels": [32, 64, 64, 64], "norm_num_groups": 8, "cross_attention_dim": 16, "attention_head_dim": 16
+    }))
+    .unwrap();
+    let unet = UNet3DConditionModel::new(VarBuilder::zeros(DType::F32, &Device::Cpu), &config).unwrap();
+    let sites = unet.sites();
+    assert_eq!(sites.len(), 66);
+    let count = |kind: SiteKind| sites.iter().filter(|s| s.kind == kind).count();
+    assert_eq!((count(SiteKind::Spatial), count(SiteKind::Cross), count(SiteKind::Temporal)), (15, 15, 36));
+    let mut stages: Vec<&str> = sites.iter().map(|s| s.stage.as_str()).collect();
+    stages.dedup();
+    assert_eq!(stages, ["in", "down.0", "down.1", "down.2", "mid", "up.1", "up.2", "up.3"]);
+    assert_eq!(sites.last().unwrap().id, "up_blocks.3.temp_attentions.2.transformer_blocks.0.attn2");
+}

@@ -1,13 +1,16 @@
-//! MP4 → RGB24 frames, and cheap metadata probing.
+//! MP4 → RGB24 frames, upload validation, and cheap metadata probing.
 
 use std::path::Path;
 
-use ffmpeg_next as ffmpeg;
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
 use ffmpeg::{codec, decoder, format, frame, media, Dictionary, Packet, Rational};
+use ffmpeg_next as ffmpeg;
 
-use super::{check_frame_size, init, local_file_url, DecodeLimits, DecodedVideo, VideoInfo};
+use super::{
+    check_frame_count, check_frame_size, init, local_file_url, DecodeLimits, DecodedVideo,
+    VideoInfo,
+};
 use crate::media::MediaError;
 
 /// The MP4/MOV demuxer's names; no other container is ever probed.
@@ -15,7 +18,8 @@ const ALLOWED_FORMATS: &str = "mov,mp4,m4a,3gp,3g2,mj2";
 
 /// Reads the container's metadata without decoding pictures. Fails with
 /// [`MediaError::InvalidVideo`] for anything that is not an MP4 with a decodable video track
-/// holding at least one frame.
+/// holding at least one frame. Damaged or truncated frame data goes unnoticed here; use
+/// [`validate_mp4`] to check an upload.
 pub fn probe_mp4(path: &Path) -> Result<VideoInfo, MediaError> {
     let mut input = open_input(path)?;
     let track = VideoTrack::find(&input)?;
@@ -25,7 +29,9 @@ pub fn probe_mp4(path: &Path) -> Result<VideoInfo, MediaError> {
         None => count_packets(&mut input, track.index)?,
     };
     if num_frames == 0 {
-        return Err(MediaError::InvalidVideo("the video track has no frames".into()));
+        return Err(MediaError::InvalidVideo(
+            "the video track has no frames".into(),
+        ));
     }
     let fps = track.fps(num_frames)?;
     Ok(VideoInfo {
@@ -45,8 +51,42 @@ pub fn decode_mp4(path: &Path) -> Result<DecodedVideo, MediaError> {
 
 /// Decodes every frame at its stored size. A video beyond `limits`, or one whose frames cannot
 /// all be read and decoded (corrupt, truncated), is an [`MediaError::InvalidVideo`].
-pub fn decode_mp4_with_limits(path: &Path, limits: &DecodeLimits) -> Result<DecodedVideo, MediaError> {
-    decode(path, limits, None, FrameCountPolicy::RefuseBeyondLimit)
+pub fn decode_mp4_with_limits(
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<DecodedVideo, MediaError> {
+    let outcome = decode(
+        path,
+        limits,
+        None,
+        FrameCountPolicy::RefuseBeyondLimit,
+        PixelPolicy::Keep,
+    )?;
+    outcome.into_video()
+}
+
+/// Decodes the whole video without keeping the pictures, to check an upload: everything
+/// [`decode_mp4_with_limits`] would refuse is refused here too, and `num_frames` is the number
+/// of frames that actually decode.
+pub fn validate_mp4(path: &Path, limits: &DecodeLimits) -> Result<VideoInfo, MediaError> {
+    let outcome = decode(
+        path,
+        limits,
+        None,
+        FrameCountPolicy::RefuseBeyondLimit,
+        PixelPolicy::CountOnly,
+    )?;
+    let num_frames = outcome.frame_count;
+    let fps = outcome.fps()?;
+    let track = outcome.track;
+    Ok(VideoInfo {
+        width: track.width,
+        height: track.height,
+        fps,
+        num_frames,
+        duration_seconds: track.duration_seconds.unwrap_or(num_frames as f64 / fps),
+        codec: track.codec,
+    })
 }
 
 /// Decodes at most the first `max_frames` frames, each scaled (aspect ratio not preserved) to
@@ -63,14 +103,33 @@ pub fn decode_mp4_resized(
         ..DecodeLimits::default()
     };
     if width == 0 || height == 0 || width > u32::MAX as usize || height > u32::MAX as usize {
-        return Err(MediaError::InvalidInput(format!("cannot resize to {width}x{height}")));
+        return Err(MediaError::InvalidInput(format!(
+            "cannot resize to {width}x{height}"
+        )));
     }
-    check_frame_size(width, height, &limits)
-        .map_err(|_| MediaError::InvalidInput(format!("target size {width}x{height} is too large")))?;
+    check_frame_size(width, height, &limits).map_err(|_| {
+        MediaError::InvalidInput(format!("target size {width}x{height} is too large"))
+    })?;
     if max_frames == 0 {
-        return Err(MediaError::InvalidInput("max_frames must be at least 1".into()));
+        return Err(MediaError::InvalidInput(
+            "max_frames must be at least 1".into(),
+        ));
     }
-    decode(path, &limits, Some((width, height)), FrameCountPolicy::StopAtLimit)
+    let outcome = decode(
+        path,
+        &limits,
+        Some((width, height)),
+        FrameCountPolicy::StopAtLimit,
+        PixelPolicy::Keep,
+    )?;
+    outcome.into_video()
+}
+
+/// Whether decoded pictures are converted and kept, or only counted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PixelPolicy {
+    Keep,
+    CountOnly,
 }
 
 /// What to do with frames beyond `DecodeLimits::max_frames`.
@@ -160,16 +219,17 @@ impl VideoTrack {
 }
 
 fn open_decoder(parameters: &codec::Parameters) -> Result<decoder::Video, MediaError> {
-    let mut context =
-        codec::context::Context::from_parameters(parameters.clone()).map_err(invalid("bad codec parameters"))?;
+    let mut context = codec::context::Context::from_parameters(parameters.clone())
+        .map_err(invalid("bad codec parameters"))?;
     // Let FFmpeg pick the thread count; frame threading only adds a few frames of latency.
     context.set_threading(ffmpeg::threading::Config {
         kind: ffmpeg::threading::Type::Frame,
         count: 0,
         ..Default::default()
     });
-    let codec = decoder::find(parameters.id())
-        .ok_or_else(|| MediaError::InvalidVideo(format!("unsupported video codec {:?}", parameters.id())))?;
+    let codec = decoder::find(parameters.id()).ok_or_else(|| {
+        MediaError::InvalidVideo(format!("unsupported video codec {:?}", parameters.id()))
+    })?;
     // Report damaged bitstreams instead of concealing the damage and returning pictures.
     let mut options = Dictionary::new();
     options.set("err_detect", "explode");
@@ -180,7 +240,10 @@ fn open_decoder(parameters: &codec::Parameters) -> Result<decoder::Video, MediaE
         .map_err(invalid("unsupported video codec"))
 }
 
-fn count_packets(input: &mut format::context::Input, track_index: usize) -> Result<usize, MediaError> {
+fn count_packets(
+    input: &mut format::context::Input,
+    track_index: usize,
+) -> Result<usize, MediaError> {
     let mut packet = Packet::empty();
     let mut count = 0;
     loop {
@@ -192,28 +255,48 @@ fn count_packets(input: &mut format::context::Input, track_index: usize) -> Resu
     }
 }
 
+/// The result of a decode pass: the track, the frames (when kept) and how many decoded.
+struct DecodeOutcome {
+    track: VideoTrack,
+    frames: Vec<Vec<u8>>,
+    frame_count: usize,
+    width: usize,
+    height: usize,
+}
+
+impl DecodeOutcome {
+    fn fps(&self) -> Result<f64, MediaError> {
+        self.track
+            .fps(self.track.declared_frames.unwrap_or(self.frame_count))
+    }
+
+    fn into_video(self) -> Result<DecodedVideo, MediaError> {
+        let fps = self.fps()?;
+        Ok(DecodedVideo {
+            frames: self.frames,
+            width: self.width,
+            height: self.height,
+            fps,
+        })
+    }
+}
+
 fn decode(
     path: &Path,
     limits: &DecodeLimits,
     target_size: Option<(usize, usize)>,
     policy: FrameCountPolicy,
-) -> Result<DecodedVideo, MediaError> {
+    pixels: PixelPolicy,
+) -> Result<DecodeOutcome, MediaError> {
     let mut input = open_input(path)?;
     let track = VideoTrack::find(&input)?;
     check_frame_size(track.width, track.height, limits)?;
-    if policy == FrameCountPolicy::RefuseBeyondLimit {
-        if let Some(frames) = track.declared_frames {
-            if frames > limits.max_frames {
-                return Err(MediaError::InvalidVideo(format!(
-                    "{frames} frames exceed the limit of {}",
-                    limits.max_frames
-                )));
-            }
-        }
+    if let (FrameCountPolicy::RefuseBeyondLimit, Some(frames)) = (policy, track.declared_frames) {
+        check_frame_count(frames, limits)?;
     }
     let mut video_decoder = open_decoder(&track.parameters)?;
     let (width, height) = target_size.unwrap_or((track.width, track.height));
-    let mut sink = FrameSink::new(width, height, limits, policy)?;
+    let mut sink = FrameSink::new(width, height, limits, policy, pixels)?;
 
     let mut packet = Packet::empty();
     let mut track_packets = 0usize;
@@ -221,7 +304,9 @@ fn decode(
         match packet.read(&mut input) {
             Ok(()) => {}
             Err(ffmpeg::Error::Eof) => break,
-            Err(error) => return Err(invalid("cannot read the video data (truncated or corrupt)")(error)),
+            Err(error) => {
+                return Err(invalid("cannot read the video data (truncated or corrupt)")(error))
+            }
         }
         if packet.stream() != track.index {
             continue;
@@ -254,28 +339,30 @@ fn decode(
         sink.take_decoded(&mut video_decoder)?;
     }
 
-    let frames = sink.into_frames();
-    if frames.is_empty() {
+    if sink.frame_count == 0 {
         return Err(MediaError::InvalidVideo("no frame could be decoded".into()));
     }
-    let fps = track.fps(track.declared_frames.unwrap_or(frames.len()))?;
-    Ok(DecodedVideo {
-        frames,
+    Ok(DecodeOutcome {
+        track,
+        frame_count: sink.frame_count,
+        frames: sink.frames,
         width,
         height,
-        fps,
     })
 }
 
-/// Converts decoded pictures to RGB24 of one fixed size and collects them within the limits.
+/// Converts decoded pictures to RGB24 of one fixed size and collects them within the limits
+/// (or, with `PixelPolicy::CountOnly`, checks and counts them).
 struct FrameSink<'a> {
     width: usize,
     height: usize,
     limits: &'a DecodeLimits,
     policy: FrameCountPolicy,
+    pixels: PixelPolicy,
     frame_bytes: usize,
     scaler: Option<scaling::Context>,
     frames: Vec<Vec<u8>>,
+    frame_count: usize,
 }
 
 impl<'a> FrameSink<'a> {
@@ -284,29 +371,30 @@ impl<'a> FrameSink<'a> {
         height: usize,
         limits: &'a DecodeLimits,
         policy: FrameCountPolicy,
+        pixels: PixelPolicy,
     ) -> Result<Self, MediaError> {
         let frame_bytes = width
             .checked_mul(height)
             .and_then(|pixels| pixels.checked_mul(3))
-            .ok_or_else(|| MediaError::InvalidInput(format!("frame size {width}x{height} overflows")))?;
+            .ok_or_else(|| {
+                MediaError::InvalidInput(format!("frame size {width}x{height} overflows"))
+            })?;
         Ok(FrameSink {
             width,
             height,
             limits,
             policy,
+            pixels,
             frame_bytes,
             scaler: None,
             frames: Vec::new(),
+            frame_count: 0,
         })
     }
 
     /// True once no more frames are wanted (only with `StopAtLimit`).
     fn is_full(&self) -> bool {
-        self.policy == FrameCountPolicy::StopAtLimit && self.frames.len() >= self.limits.max_frames
-    }
-
-    fn into_frames(self) -> Vec<Vec<u8>> {
-        self.frames
+        self.policy == FrameCountPolicy::StopAtLimit && self.frame_count >= self.limits.max_frames
     }
 
     /// Takes every picture the decoder has ready.
@@ -316,26 +404,31 @@ impl<'a> FrameSink<'a> {
             match video_decoder.receive_frame(&mut decoded) {
                 Ok(()) => {}
                 Err(ffmpeg::Error::Eof) => return Ok(()),
-                Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::error::EAGAIN => return Ok(()),
+                Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::error::EAGAIN => {
+                    return Ok(())
+                }
                 Err(error) => return Err(invalid("corrupt video data")(error)),
             }
             if self.is_full() {
                 continue; // drain without keeping
             }
             self.admit_one_more()?;
-            let rgb = self.convert_to_rgb(&decoded)?;
-            self.frames.push(rgb);
+            check_frame_size(
+                decoded.width() as usize,
+                decoded.height() as usize,
+                self.limits,
+            )?;
+            if self.pixels == PixelPolicy::Keep {
+                let rgb = self.convert_to_rgb(&decoded)?;
+                self.frames.push(rgb);
+            }
+            self.frame_count += 1;
         }
     }
 
     fn admit_one_more(&self) -> Result<(), MediaError> {
-        let count = self.frames.len() + 1;
-        if count > self.limits.max_frames {
-            return Err(MediaError::InvalidVideo(format!(
-                "more than {} frames",
-                self.limits.max_frames
-            )));
-        }
+        let count = self.frame_count + 1;
+        check_frame_count(count, self.limits)?;
         if count.saturating_mul(self.frame_bytes) > self.limits.max_decoded_bytes {
             return Err(MediaError::InvalidVideo(format!(
                 "decoded frames exceed the limit of {} bytes",
@@ -346,9 +439,10 @@ impl<'a> FrameSink<'a> {
     }
 
     fn convert_to_rgb(&mut self, decoded: &frame::Video) -> Result<Vec<u8>, MediaError> {
-        check_frame_size(decoded.width() as usize, decoded.height() as usize, self.limits)?;
         if decoded.format() == Pixel::None {
-            return Err(MediaError::InvalidVideo("a frame has no pixel format".into()));
+            return Err(MediaError::InvalidVideo(
+                "a frame has no pixel format".into(),
+            ));
         }
         let scaler = self.scaler_for(decoded)?;
         let mut rgb_frame = frame::Video::empty();

@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use ffmpeg_next as ffmpeg;
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
 use ffmpeg::{codec, color, encoder, format, frame, Dictionary, Packet, Rational};
+use ffmpeg_next as ffmpeg;
 
 use super::{init, local_file_url};
 use crate::media::atomic_file::PendingFile;
@@ -62,11 +62,23 @@ pub fn encode_mp4_with(
     validate_input(frames, width, height, fps)?;
     init()?;
     let pending = PendingFile::new(path)?;
-    write_video(frames, width as u32, height as u32, fps, pending.temp_path(), settings)?;
+    write_video(
+        frames,
+        width as u32,
+        height as u32,
+        fps,
+        pending.temp_path(),
+        settings,
+    )?;
     pending.commit()
 }
 
-fn validate_input(frames: &[Vec<u8>], width: usize, height: usize, fps: u32) -> Result<(), MediaError> {
+fn validate_input(
+    frames: &[Vec<u8>],
+    width: usize,
+    height: usize,
+    fps: u32,
+) -> Result<(), MediaError> {
     if frames.is_empty() {
         return Err(MediaError::InvalidInput("no frames to encode".into()));
     }
@@ -108,7 +120,10 @@ fn write_video(
     // The temporary name has no .mp4 extension, so name the muxer explicitly.
     let mut output = format::output_as(&local_file_url(temp_path)?, "mp4")
         .map_err(encode_error("opening the output file"))?;
-    let needs_global_header = output.format().flags().contains(format::Flags::GLOBAL_HEADER);
+    let needs_global_header = output
+        .format()
+        .flags()
+        .contains(format::Flags::GLOBAL_HEADER);
 
     let frame_time_base = Rational::new(1, fps as i32);
     let mut video_encoder = codec::context::Context::new_with_codec(codec)
@@ -224,7 +239,9 @@ impl PacketWriter {
             match video_encoder.receive_packet(&mut packet) {
                 Ok(()) => {}
                 Err(ffmpeg::Error::Eof) => return Ok(()),
-                Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::error::EAGAIN => return Ok(()),
+                Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::error::EAGAIN => {
+                    return Ok(())
+                }
                 Err(error) => return Err(encode_error("receiving a packet from libx264")(error)),
             }
             // Some FFmpeg 5.1 + libx264 setups leave durations at 0; the MP4 muxer then writes an

@@ -7,6 +7,9 @@
 //! Input: only the MP4/MOV demuxer on the local file protocol is allowed, so an uploaded file
 //! cannot make FFmpeg open playlists, other files or network resources. Anything unreadable ends
 //! as [`MediaError::InvalidVideo`], and [`DecodeLimits`] bound the memory a file can claim.
+//!
+//! Every function here blocks on CPU-bound work and file IO; call them from a blocking thread,
+//! not an async task.
 
 mod decode;
 mod encode;
@@ -18,7 +21,7 @@ use ffmpeg_next as ffmpeg;
 
 use super::MediaError;
 
-pub use decode::{decode_mp4, decode_mp4_resized, decode_mp4_with_limits, probe_mp4};
+pub use decode::{decode_mp4, decode_mp4_resized, decode_mp4_with_limits, probe_mp4, validate_mp4};
 pub use encode::{encode_mp4, encode_mp4_with, EncodeSettings};
 
 /// Decoded frames, RGB24 and all of `width` × `height`.
@@ -69,19 +72,29 @@ impl VideoInfo {
     /// Refuses videos whose declared size exceeds `limits`, before any decoding work.
     pub fn check_limits(&self, limits: &DecodeLimits) -> Result<(), MediaError> {
         check_frame_size(self.width, self.height, limits)?;
-        if self.num_frames > limits.max_frames {
-            return Err(MediaError::InvalidVideo(format!(
-                "{} frames exceed the limit of {}",
-                self.num_frames, limits.max_frames
-            )));
-        }
-        Ok(())
+        check_frame_count(self.num_frames, limits)
     }
 }
 
-pub(crate) fn check_frame_size(width: usize, height: usize, limits: &DecodeLimits) -> Result<(), MediaError> {
+pub(crate) fn check_frame_count(frames: usize, limits: &DecodeLimits) -> Result<(), MediaError> {
+    if frames > limits.max_frames {
+        return Err(MediaError::InvalidVideo(format!(
+            "{frames} frames exceed the limit of {}",
+            limits.max_frames
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_frame_size(
+    width: usize,
+    height: usize,
+    limits: &DecodeLimits,
+) -> Result<(), MediaError> {
     if width == 0 || height == 0 {
-        return Err(MediaError::InvalidVideo(format!("frame size {width}x{height} is empty")));
+        return Err(MediaError::InvalidVideo(format!(
+            "frame size {width}x{height} is empty"
+        )));
     }
     if width.saturating_mul(height) > limits.max_pixels {
         return Err(MediaError::InvalidVideo(format!(

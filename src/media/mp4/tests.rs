@@ -18,7 +18,8 @@ fn moving_square_frame(index: usize, width: usize, height: usize) -> Vec<u8> {
     let mut rgb = Vec::with_capacity(width * height * 3);
     for y in 0..height {
         for x in 0..width {
-            let inside = (left..left + SQUARE_SIDE).contains(&x) && (top..top + SQUARE_SIDE).contains(&y);
+            let inside =
+                (left..left + SQUARE_SIDE).contains(&x) && (top..top + SQUARE_SIDE).contains(&y);
             rgb.extend_from_slice(if inside { &SQUARE } else { &BACKGROUND });
         }
     }
@@ -26,7 +27,9 @@ fn moving_square_frame(index: usize, width: usize, height: usize) -> Vec<u8> {
 }
 
 fn moving_square(count: usize, width: usize, height: usize) -> Vec<Vec<u8>> {
-    (0..count).map(|i| moving_square_frame(i, width, height)).collect()
+    (0..count)
+        .map(|i| moving_square_frame(i, width, height))
+        .collect()
 }
 
 fn mean_abs_error(a: &[u8], b: &[u8]) -> f64 {
@@ -64,12 +67,19 @@ fn top_level_boxes(bytes: &[u8]) -> Vec<String> {
 fn ffprobe_video(path: &Path) -> serde_json::Value {
     let output = Command::new("ffprobe")
         .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=codec_name,pix_fmt,width,height,nb_read_frames,avg_frame_rate"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,pix_fmt,width,height,nb_read_frames,avg_frame_rate",
+        ])
         .args(["-of", "json"])
         .arg(path)
         .output()
         .expect("ffprobe (from the ffmpeg package) must be installed for these tests");
-    assert!(output.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let parsed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     parsed["streams"][0].clone()
 }
@@ -95,7 +105,10 @@ fn round_trip_keeps_every_frame_size_rate_and_content() {
     }
     // The square is where it should be, not merely somewhere: check one pixel inside it.
     let last = &video.frames[15];
-    let (x, y) = ((15 * 3) % (SIZE - SQUARE_SIDE) + 8, (15 * 2) % (SIZE - SQUARE_SIDE) + 8);
+    let (x, y) = (
+        (15 * 3) % (SIZE - SQUARE_SIDE) + 8,
+        (15 * 2) % (SIZE - SQUARE_SIDE) + 8,
+    );
     let pixel = &last[(y * SIZE + x) * 3..][..3];
     for (got, want) in pixel.iter().zip(SQUARE) {
         assert!(got.abs_diff(want) <= 12, "square pixel {pixel:?}");
@@ -137,7 +150,10 @@ fn encoding_is_atomic_and_replaces_the_destination() {
     std::fs::write(&path, b"stale").unwrap();
     encode_mp4(&moving_square(4, SIZE, SIZE), SIZE, SIZE, 8, &path).unwrap();
     assert_eq!(decode_mp4(&path).unwrap().frames.len(), 4);
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, [std::ffi::OsString::from("out:put.mp4")]);
 }
 
@@ -153,7 +169,10 @@ fn bad_encode_arguments_are_refused_without_writing() {
         encode_mp4(&moving_square(1, SIZE, SIZE), SIZE, SIZE, 0, &path),
     ];
     for result in cases {
-        assert!(matches!(result, Err(MediaError::InvalidInput(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(MediaError::InvalidInput(_))),
+            "{result:?}"
+        );
     }
     assert!(!path.exists());
 }
@@ -166,8 +185,13 @@ fn probe_reads_metadata() {
     assert_eq!((info.width, info.height, info.num_frames), (64, 64, 16));
     assert_eq!(info.codec, "h264");
     assert!((info.fps - 8.0).abs() < 1e-9);
-    assert!((info.duration_seconds - 2.0).abs() < 0.01, "duration {}", info.duration_seconds);
+    assert!(
+        (info.duration_seconds - 2.0).abs() < 0.01,
+        "duration {}",
+        info.duration_seconds
+    );
     info.check_limits(&DecodeLimits::default()).unwrap();
+    assert_eq!(validate_mp4(&path, &DecodeLimits::default()).unwrap(), info);
     assert_invalid_video(info.check_limits(&DecodeLimits {
         max_frames: 15,
         ..DecodeLimits::default()
@@ -185,10 +209,20 @@ fn resized_decode_scales_and_stops_after_max_frames() {
     // Frame 0's square covers x 0..16, y 0..16 of 64x64: x 0..8, y 0..12 after scaling.
     let inside = &video.frames[0][(6 * 32 + 4) * 3..][..3];
     let outside = &video.frames[0][(40 * 32 + 28) * 3..][..3];
-    for (got, want) in inside.iter().zip(SQUARE).chain(outside.iter().zip(BACKGROUND)) {
-        assert!(got.abs_diff(want) <= 12, "inside {inside:?} outside {outside:?}");
+    for (got, want) in inside
+        .iter()
+        .zip(SQUARE)
+        .chain(outside.iter().zip(BACKGROUND))
+    {
+        assert!(
+            got.abs_diff(want) <= 12,
+            "inside {inside:?} outside {outside:?}"
+        );
     }
-    assert!(matches!(decode_mp4_resized(&path, 0, 48, 5), Err(MediaError::InvalidInput(_))));
+    assert!(matches!(
+        decode_mp4_resized(&path, 0, 48, 5),
+        Err(MediaError::InvalidInput(_))
+    ));
 }
 
 #[test]
@@ -196,12 +230,22 @@ fn limits_refuse_long_or_large_videos() {
     let dir = tempfile::tempdir().unwrap();
     let path = encode_clip(dir.path(), "clip.mp4", 16, 8);
     let cases = [
-        DecodeLimits { max_frames: 15, ..DecodeLimits::default() },
-        DecodeLimits { max_pixels: 64 * 63, ..DecodeLimits::default() },
-        DecodeLimits { max_decoded_bytes: 64 * 64 * 3 * 10, ..DecodeLimits::default() },
+        DecodeLimits {
+            max_frames: 15,
+            ..DecodeLimits::default()
+        },
+        DecodeLimits {
+            max_pixels: 64 * 63,
+            ..DecodeLimits::default()
+        },
+        DecodeLimits {
+            max_decoded_bytes: 64 * 64 * 3 * 10,
+            ..DecodeLimits::default()
+        },
     ];
     for limits in cases {
         assert_invalid_video(decode_mp4_with_limits(&path, &limits));
+        assert_invalid_video(validate_mp4(&path, &limits));
     }
 }
 
@@ -215,6 +259,7 @@ fn truncated_files_are_invalid() {
         let truncated = dir.path().join(format!("truncated{keep}.mp4"));
         std::fs::write(&truncated, &bytes[..keep]).unwrap();
         assert_invalid_video(decode_mp4(&truncated));
+        assert_invalid_video(validate_mp4(&truncated, &DecodeLimits::default()));
     }
 }
 
@@ -231,6 +276,7 @@ fn damaged_frame_data_is_invalid() {
     let damaged = dir.path().join("damaged.mp4");
     std::fs::write(&damaged, &bytes).unwrap();
     assert_invalid_video(decode_mp4(&damaged));
+    assert_invalid_video(validate_mp4(&damaged, &DecodeLimits::default()));
 }
 
 #[test]
@@ -274,7 +320,16 @@ fn audio_only_mp4_has_no_video_track() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audio.mp4");
     let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=0.2", "-c:a", "aac"])
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=0.2",
+            "-c:a",
+            "aac",
+        ])
         .arg(&path)
         .status()
         .expect("ffmpeg must be installed for these tests");
@@ -290,9 +345,28 @@ fn bt709_full_range_colours_are_decoded_correctly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bt709.mp4");
     let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-f", "lavfi", "-i", "color=c=0xC03020:s=64x64:d=0.5:r=8"])
-        .args(["-vf", "scale=out_color_matrix=bt709:out_range=full,format=yuv420p"])
-        .args(["-colorspace", "bt709", "-color_range", "pc", "-c:v", "libx264", "-crf", "0"])
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=0xC03020:s=64x64:d=0.5:r=8",
+        ])
+        .args([
+            "-vf",
+            "scale=out_color_matrix=bt709:out_range=full,format=yuv420p",
+        ])
+        .args([
+            "-colorspace",
+            "bt709",
+            "-color_range",
+            "pc",
+            "-c:v",
+            "libx264",
+            "-crf",
+            "0",
+        ])
         .arg(&path)
         .status()
         .expect("ffmpeg must be installed for these tests");

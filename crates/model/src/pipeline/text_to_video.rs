@@ -19,9 +19,9 @@ use crate::unet3d::{SampleSize, UNet3DConditionModel, UNet3DConfig};
 use crate::vae::{frames_to_video, AutoencoderKl};
 use crate::weights::{read_json, ComponentWeights};
 
-/// Frames the VAE decodes at once: bounds the decoder's activation memory (a 256×256 SD decoder
+/// Frames the VAE encodes or decodes at once: bounds its activation memory (a 256×256 SD decoder
 /// pass needs about 0.5 GB per frame in f32) while keeping the batch large enough to be efficient.
-const DECODE_CHUNK_FRAMES: usize = 4;
+const VAE_CHUNK_FRAMES: usize = 4;
 /// diffusers' `TextToVideoSDPipeline.__call__` runs 50 steps unless told otherwise; other
 /// pipeline classes get the shorter default that suits DDIM on small models.
 const MODELSCOPE_DEFAULT_STEPS: usize = 50;
@@ -40,7 +40,6 @@ pub struct TextToVideoPipeline {
     tokenizer: ClipTokenizer,
     text_encoder: ClipTextModel,
     unet: UNet3DConditionModel,
-    unet_config: UNet3DConfig,
     vae: AutoencoderKl,
     scheduler: DdimScheduler,
     info: ModelInfo,
@@ -100,7 +99,6 @@ impl TextToVideoPipeline {
             tokenizer,
             text_encoder,
             unet,
-            unet_config,
             vae,
             scheduler,
             info,
@@ -156,7 +154,7 @@ impl TextToVideoPipeline {
         let scale = self.vae.config().spatial_scale();
         (
             1,
-            self.unet_config.in_channels,
+            self.unet.config().in_channels,
             params.num_frames,
             params.height / scale,
             params.width / scale,
@@ -236,8 +234,8 @@ impl TextToVideoPipeline {
         }
         let images = frames::video_to_images(video, &self.device)?;
         let mut means = Vec::new();
-        for start in (0..images.dim(0)?).step_by(DECODE_CHUNK_FRAMES) {
-            let count = DECODE_CHUNK_FRAMES.min(images.dim(0)? - start);
+        for start in (0..images.dim(0)?).step_by(VAE_CHUNK_FRAMES) {
+            let count = VAE_CHUNK_FRAMES.min(images.dim(0)? - start);
             means.push(self.vae.encode(&images.narrow(0, start, count)?)?.mean);
         }
         let latents = (Tensor::cat(&means, 0)? * self.vae.config().scaling_factor)?;
@@ -253,8 +251,8 @@ impl TextToVideoPipeline {
     ) -> Result<Video, ModelError> {
         let total = latents.dim(2)?;
         let mut video: Option<Video> = None;
-        for start in (0..total).step_by(DECODE_CHUNK_FRAMES) {
-            let count = DECODE_CHUNK_FRAMES.min(total - start);
+        for start in (0..total).step_by(VAE_CHUNK_FRAMES) {
+            let count = VAE_CHUNK_FRAMES.min(total - start);
             let images = self.vae.decode_video(&latents.narrow(2, start, count)?, count)?;
             let chunk = frames::rgb_frames(&images)?;
             match video.as_mut() {

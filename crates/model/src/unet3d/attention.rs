@@ -2,10 +2,11 @@
 //! `BasicTransformerBlock`, each attention module being a named site.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use crate::attention::{default_attention, AttentionCall, ForwardCtx, SiteInfo, SiteKind};
 
+use super::norm::LayerNorm;
 use super::video::VideoShape;
 
 /// The sites of a model in the order they are built, which is the order they run.
@@ -178,7 +179,7 @@ impl BasicTransformerBlock {
         vb: VarBuilder,
         sites: &mut SiteRegistry,
     ) -> Result<Self> {
-        let norm = |name: &str| candle_nn::layer_norm(dim, 1e-5, vb.pp(name));
+        let norm = |name: &str| LayerNorm::new(dim, 1e-5, vb.pp(name));
         let spec = AttentionSpec { query_dim: dim, context_dim: dim, heads, head_dim, kind: self_kind, stage };
         let second_spec = match second {
             SecondAttention::Text { context_dim } => AttentionSpec { context_dim, kind: SiteKind::Cross, ..spec },

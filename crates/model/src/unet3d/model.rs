@@ -7,6 +7,7 @@ use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
 
 use crate::attention::{ForwardCtx, SiteInfo};
 use crate::error::ModelError;
+use crate::weights::ComponentWeights;
 
 use super::attention::SiteRegistry;
 use super::blocks::{BlockInputs, BlockSettings, BlockSpec, DownBlock, MidBlock, UpBlock};
@@ -137,18 +138,11 @@ impl UNet3DConditionModel {
         })
     }
 
-    /// Loads a UNet folder (config.json + diffusion_pytorch_model.safetensors) with plain
-    /// safetensors weights in any float dtype, converted to `dtype`.
+    /// Loads a UNet folder: config.json and the weights in any layout `weights` accepts
+    /// (single file, fp16 variant, shards), converted to `dtype`.
     pub fn load_dir(dir: &Path, device: &Device, dtype: DType) -> std::result::Result<Self, ModelError> {
         let config = UNet3DConfig::from_file(&dir.join("config.json"))?;
-        let weights = dir.join("diffusion_pytorch_model.safetensors");
-        if !weights.is_file() {
-            return Err(ModelError::MissingFile { path: weights });
-        }
-        // SAFETY: the file is memory-mapped read-only for the model's lifetime; like every
-        // safetensors loader, this assumes nobody truncates it meanwhile.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, device)? };
-        Ok(Self::new(vb, &config)?)
+        ComponentWeights::open(dir, dtype, device)?.build(|vb| Self::new(vb, &config))
     }
 
     pub fn config(&self) -> &UNet3DConfig {
