@@ -141,9 +141,10 @@ impl Server {
             scratch_dir: settings.data_dir.join("tmp"),
             retry_after_seconds: settings.queue.retry_after_seconds,
         };
-        let workers = if settings.workers.count > 0 {
+        let devices = settings.worker_devices();
+        let workers = if !devices.is_empty() {
             let context = worker_context(settings, &storage, &parts, notifier, Some(metrics));
-            Some(WorkerPool::start(context, settings.workers.count).context("starting worker threads")?)
+            Some(WorkerPool::start(context, &devices).context("starting worker threads")?)
         } else {
             None
         };
@@ -160,7 +161,7 @@ impl Server {
                 })
                 .await
         });
-        tracing::info!(%local_addr, workers = settings.workers.count, "serving");
+        tracing::info!(%local_addr, workers = devices.len(), "serving");
         Ok(Server {
             local_addr,
             store: storage.store,
@@ -201,9 +202,13 @@ impl WorkerProcess {
         let webhooks = WebhookDispatcher::start(&tokio::runtime::Handle::current(), &settings.webhooks, parts.webhook_retry.clone());
         let notifier = JobNotifier { hub: EventHub::new(), webhooks: Some(webhooks) };
         let context = worker_context(settings, &storage, &parts, notifier, None);
-        let count = settings.workers.count.max(1);
-        let workers = WorkerPool::start(context, count).context("starting worker threads")?;
-        tracing::info!(count, "worker process started");
+        let mut devices = settings.worker_devices();
+        if devices.is_empty() {
+            // A worker process without workers would do nothing: `--workers 0` means one.
+            devices.push("cpu".to_string());
+        }
+        let workers = WorkerPool::start(context, &devices).context("starting worker threads")?;
+        tracing::info!(?devices, "worker process started");
         Ok(WorkerProcess { workers, grace: Duration::from_secs(settings.server.shutdown_grace_seconds) })
     }
 

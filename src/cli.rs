@@ -33,6 +33,9 @@ pub struct GlobalFlags {
     /// Worker threads (`serve`: in-process workers, 0 = API only; `worker`: threads of this process).
     #[arg(long, global = true, value_name = "N")]
     pub workers: Option<usize>,
+    /// One worker thread per device, comma-separated: cpu, cuda, cuda:N.
+    #[arg(long, global = true, value_name = "LIST", value_delimiter = ',')]
+    pub devices: Option<Vec<String>>,
 }
 
 impl GlobalFlags {
@@ -42,6 +45,7 @@ impl GlobalFlags {
             data_dir: self.data_dir.clone(),
             models_dir: self.models_dir.clone(),
             workers: self.workers,
+            devices: self.devices.clone(),
         }
     }
 }

@@ -23,21 +23,30 @@ pub fn model_provider(settings: &Settings) -> anyhow::Result<Arc<dyn BackendProv
         tracing::warn!(step_ms, "serving the synthetic test model instead of model folders");
         return Ok(Arc::new(crate::worker::fake::FakeProvider::new(std::time::Duration::from_millis(step_ms))));
     }
-    let provider = crate::worker::pipeline_backend::PipelineProvider::scan(&settings.models.dir)?;
+    // Models are described from (and first loaded onto) the first worker device, so a GPU
+    // deployment does not also hold every model in CPU memory.
+    let primary_device = settings.worker_devices().into_iter().next().unwrap_or_else(|| "cpu".to_string());
+    let provider = crate::worker::pipeline_backend::PipelineProvider::scan(&settings.models.dir, &primary_device, &settings.models.dtype)?;
     Ok(Arc::new(provider))
+}
+
+/// [`model_provider`] off the async threads: loading models takes seconds to minutes.
+async fn load_models(settings: &Settings) -> anyhow::Result<Arc<dyn BackendProvider>> {
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || model_provider(&settings)).await?
 }
 
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
-            let server = Server::start(&settings, AppParts::new(model_provider(&settings)?)).await?;
+            let server = Server::start(&settings, AppParts::new(load_models(&settings).await?)).await?;
             println!("entrovid listening on http://{}", server.local_addr);
             shutdown_signal().await;
             server.shutdown().await;
             Ok(())
         }
         Command::Worker => {
-            let worker = WorkerProcess::start(&settings, AppParts::new(model_provider(&settings)?)).await?;
+            let worker = WorkerProcess::start(&settings, AppParts::new(load_models(&settings).await?)).await?;
             shutdown_signal().await;
             worker.shutdown().await;
             Ok(())
@@ -48,9 +57,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Generate(args) => {
-            let provider = model_provider(&settings)?;
+            let provider = load_models(&settings).await?;
             let default_model = settings.models.default.clone();
-            tokio::task::spawn_blocking(move || generate(&args, provider, default_model.as_deref())).await?
+            let device = settings.worker_devices().into_iter().next().unwrap_or_else(|| "cpu".to_string());
+            tokio::task::spawn_blocking(move || generate(&args, provider, default_model.as_deref(), &device)).await?
         }
         Command::Debug(DebugCommand::Unet(args)) => tokio::task::spawn_blocking(move || {
             entrovid_model::debug::run_debug_unet(&args.model, &args.inputs, &args.out, args.stats.as_deref(), args.plan.as_deref())
@@ -84,7 +94,7 @@ fn request_body(args: &GenerateArgs) -> Value {
     Value::Object(body)
 }
 
-fn generate(args: &GenerateArgs, provider: Arc<dyn BackendProvider>, default_model: Option<&str>) -> anyhow::Result<()> {
+fn generate(args: &GenerateArgs, provider: Arc<dyn BackendProvider>, default_model: Option<&str>, device: &str) -> anyhow::Result<()> {
     let catalog = build_catalog(provider.models(), default_model)?;
     let random_seed = u64::from(uuid::Uuid::new_v4().as_u128() as u32);
     let spec = validate_job_request(&request_body(args), &ValidationContext { catalog: &catalog, webhooks_enabled: false, random_seed })
@@ -93,7 +103,7 @@ fn generate(args: &GenerateArgs, provider: Arc<dyn BackendProvider>, default_mod
         "model {}, {} frames {}x{}, {} steps, guidance {}, seed {}",
         spec.model, spec.num_frames, spec.width, spec.height, spec.num_inference_steps, spec.guidance_scale, spec.seed
     );
-    let backend = provider.load(&spec.model)?;
+    let backend = provider.load(&spec.model, device)?;
     let bar = ProgressBar::new(u64::from(spec.num_inference_steps));
     bar.set_style(
         ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} steps ({elapsed})")

@@ -92,13 +92,18 @@ pub struct ModelSettings {
     /// milliseconds per step) instead of the model folders: for smoke tests of a deployment and
     /// for process-level tests that need no weights.
     pub synthetic_step_ms: Option<u64>,
+    /// Compute precision: `f32` (default), `f16` or `bf16`.
+    pub dtype: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// In-process worker threads started by `serve` (0 = API only).
+    /// Worker threads on the CPU when `devices` is empty (`serve`: 0 = API only).
     pub count: usize,
+    /// One worker thread per entry, each owning that device: `cpu`, `cuda`, `cuda:N` (CUDA needs
+    /// a build with the `cuda` feature). Empty: `count` threads on the CPU.
+    pub devices: Vec<String>,
     /// How often an idle worker looks for work in the database (milliseconds).
     pub poll_interval_ms: u64,
 }
@@ -144,13 +149,13 @@ impl Default for QueueSettings {
 
 impl Default for ModelSettings {
     fn default() -> Self {
-        ModelSettings { dir: PathBuf::from("./models"), default: None, synthetic_step_ms: None }
+        ModelSettings { dir: PathBuf::from("./models"), default: None, synthetic_step_ms: None, dtype: "f32".to_string() }
     }
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        WorkerSettings { count: 1, poll_interval_ms: 250 }
+        WorkerSettings { count: 1, devices: Vec::new(), poll_interval_ms: 250 }
     }
 }
 
@@ -161,6 +166,7 @@ pub struct CliOverrides {
     pub data_dir: Option<PathBuf>,
     pub models_dir: Option<PathBuf>,
     pub workers: Option<usize>,
+    pub devices: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -207,6 +213,8 @@ impl Settings {
                 "WEBHOOK_SECRET" => self.webhooks.secret = Some(value.clone()),
                 "WEBHOOK_ALLOW_PRIVATE" => self.webhooks.allow_private = parse_bool(&value).map_err(bad)?,
                 "WORKERS" => self.workers.count = parse_number(&value).map_err(bad)?,
+                "DEVICES" => self.workers.devices = split_list(&value),
+                "DTYPE" => self.models.dtype = value.trim().to_string(),
                 // Variables for other tools (e.g. ENTROVID_LOG read by the log filter) are not ours.
                 _ => {}
             }
@@ -227,12 +235,24 @@ impl Settings {
         if let Some(count) = cli.workers {
             self.workers.count = count;
         }
+        if let Some(devices) = &cli.devices {
+            self.workers.devices = devices.clone();
+        }
     }
 
     pub fn database_url(&self) -> String {
         match &self.store.database_url {
             Some(url) => url.clone(),
             None => format!("sqlite://{}", self.data_dir.join("entrovid.db").display()),
+        }
+    }
+
+    /// The device of each worker thread.
+    pub fn worker_devices(&self) -> Vec<String> {
+        if self.workers.devices.is_empty() {
+            vec!["cpu".to_string(); self.workers.count]
+        } else {
+            self.workers.devices.clone()
         }
     }
 
@@ -290,6 +310,9 @@ mod tests {
         assert_eq!(settings.store.max_attempts, 9);
         assert_eq!(settings.auth.api_keys, vec!["a".to_string(), "b".to_string()]);
         assert_eq!(settings.database_url(), "sqlite:///from/cli/entrovid.db");
+        assert_eq!(settings.worker_devices(), vec!["cpu".to_string()]);
+        let gpus = Settings::load(None, env(&[("ENTROVID_DEVICES", "cuda:0, cuda:1")]), &CliOverrides::default()).unwrap();
+        assert_eq!(gpus.worker_devices(), vec!["cuda:0".to_string(), "cuda:1".to_string()]);
     }
 
     #[test]

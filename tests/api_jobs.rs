@@ -363,3 +363,27 @@ async fn cors_follows_the_configured_origins() {
     assert!(!other.headers().contains_key("access-control-allow-origin"));
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_finished_job_send_its_state_and_close() {
+    let app = spawn_app(AppOptions::default()).await;
+    let job = app.submit(json!({"kind": "generate", "prompt": "done", "num_inference_steps": 1})).await;
+    let id = job["id"].as_str().unwrap();
+    app.wait_for(id, Some("succeeded"), LONG).await;
+    let events = read_events(app.get(&format!("/v1/jobs/{id}/events")).send().await.unwrap(), LONG).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let state: Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!((events[0].event.as_str(), state["status"].as_str()), ("status", Some("succeeded")));
+    assert_eq!(state["outputs"]["video"], format!("/v1/jobs/{id}/video"));
+
+    // A queued job's stream starts with its queue position.
+    let idle = spawn_app(AppOptions { workers: 0, ..Default::default() }).await;
+    let queued = idle.submit(json!({"kind": "generate", "prompt": "wait"})).await;
+    let mut response = idle.get(&format!("/v1/jobs/{}/events", queued["id"].as_str().unwrap())).send().await.unwrap();
+    let first = tokio::time::timeout(LONG, response.chunk()).await.unwrap().unwrap().unwrap();
+    let text = String::from_utf8_lossy(&first);
+    assert!(text.contains("event: status") && text.contains("\"queue_position\":0"), "{text}");
+    drop(response);
+    idle.shutdown().await;
+    app.shutdown().await;
+}

@@ -100,3 +100,20 @@ fn debug_unet_runs_on_a_fixture() {
     };
     assert_eq!(kinds(&ours), kinds(&theirs));
 }
+
+#[test]
+fn an_unknown_device_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let result = entrovid()
+        .args(["generate", "--prompt", "x", "--devices", "tpu:0"])
+        .arg("--models-dir")
+        .arg(models)
+        .arg("--output")
+        .arg(dir.path().join("x.mp4"))
+        .output()
+        .unwrap();
+    assert!(!result.status.success());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("tpu:0"), "{stderr}");
+}

@@ -136,3 +136,32 @@ async fn real_model_job_survives_a_killed_worker_process() {
     assert_eq!(done["attempts"], 2);
     app.shutdown().await;
 }
+
+/// A plan's operators are applied by the real model and the statistics describe the applied
+/// maps: identity → entropy 0, uniform → normalised entropy 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_model_applies_attention_plans() {
+    let app = real_app(1).await;
+    let plan = json!({"record": "per_head", "rules": [
+        {"sites": {"kind": "temporal"}, "op": {"type": "identity"}},
+        {"sites": {"kind": "spatial"}, "steps": {"start": 0.0, "end": 0.5}, "op": {"type": "uniform"}}
+    ]});
+    let job = app.submit(json!({"kind": "generate", "prompt": "plan", "num_frames": 8, "num_inference_steps": 2, "seed": 5, "attention": plan})).await;
+    assert_eq!(job["request"]["attention"], plan);
+    let id = job["id"].as_str().unwrap();
+    app.wait_for(id, Some("succeeded"), GENERATION_TIMEOUT).await;
+    let stats: Value = app.get(&format!("/v1/jobs/{id}/attention")).send().await.unwrap().json().await.unwrap();
+    let records = stats["records"].as_array().unwrap();
+    assert!(records.iter().any(|r| r["head"].is_u64()), "per-head records");
+    assert!(records.iter().any(|r| r.get("head").is_none()), "summary records");
+    for record in records {
+        let normalized = record["entropy_normalized"].as_f64().unwrap();
+        match (record["kind"].as_str().unwrap(), record["step"].as_u64().unwrap()) {
+            ("temporal", _) => assert!(record["entropy"].as_f64().unwrap().abs() < 1e-6, "{record}"),
+            ("spatial", 0) => assert!((normalized - 1.0).abs() < 1e-6, "{record}"),
+            ("spatial", _) => assert!(normalized < 1.0 - 1e-6, "step 1 is outside the window: {record}"),
+            _ => {}
+        }
+    }
+    app.shutdown().await;
+}

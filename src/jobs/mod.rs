@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod events;
 pub mod idempotency;
+pub mod plan;
 pub mod render;
 mod service;
 pub mod spec;

@@ -24,8 +24,8 @@ impl RecordMode {
     }
 }
 
-/// The attention plan of a job. Rules are refused at validation until the attention engine
-/// that applies them is wired in, so a stored plan always has none.
+/// The attention plan of a job: what to record, and the operator rules (as the client wrote
+/// them, already validated against the model's sites).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttentionPlanSpec {
     pub record: RecordMode,

@@ -5,7 +5,8 @@
 use serde_json::{Map, Value};
 
 use super::catalog::ModelCatalog;
-use super::spec::{AttentionPlanSpec, GenerateSpec, RecordMode, WebhookEvent};
+use super::plan::validate_plan;
+use super::spec::{GenerateSpec, WebhookEvent};
 use crate::api::{ApiError, ErrorCode, JobKind, ModelDescriptor};
 
 /// Longest accepted prompt, in bytes (CLIP reads 77 tokens; this only bounds storage).
@@ -79,7 +80,7 @@ pub fn validate_job_request(body: &Value, context: &ValidationContext<'_>) -> Re
             .ok_or_else(|| ApiError::validation("seed", "seed must be an integer in [0, 18446744073709551615]"))?,
     };
     let fps = ranged_u32(fields, "fps", limits.fps, defaults.fps)?;
-    let attention = attention_plan(fields.get("attention"))?;
+    let attention = validate_plan(fields.get("attention"), &model.sites)?;
     let (webhook_url, webhook_events) = webhook(fields, context.webhooks_enabled)?;
 
     Ok(GenerateSpec {
@@ -161,39 +162,6 @@ fn ranged_f64(fields: &Map<String, Value>, name: &str, [min, max]: [f64; 2], def
     }
 }
 
-fn attention_plan(value: Option<&Value>) -> Result<AttentionPlanSpec, ApiError> {
-    let default = AttentionPlanSpec { record: RecordMode::Summary, rules: Vec::new() };
-    let plan = match value {
-        None | Some(Value::Null) => return Ok(default),
-        Some(Value::Object(plan)) => plan,
-        Some(_) => return Err(ApiError::validation("attention", "attention must be an object")),
-    };
-    for name in plan.keys() {
-        if name != "record" && name != "rules" {
-            return Err(ApiError::validation(format!("attention.{name}"), format!("unknown field {name}")));
-        }
-    }
-    let record = match plan.get("record") {
-        None | Some(Value::Null) => RecordMode::Summary,
-        Some(value) => value.as_str().and_then(RecordMode::parse).ok_or_else(|| {
-            ApiError::validation("attention.record", "record must be one of summary, per_head, none")
-        })?,
-    };
-    match plan.get("rules") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(rules)) if rules.is_empty() => {}
-        Some(Value::Array(_)) => {
-            return Err(ApiError::validation(
-                "attention.rules[0]",
-                "attention rules are not supported yet: the attention engine that applies them has not \
-                 been wired into this server; only `record` is accepted for now",
-            ))
-        }
-        Some(_) => return Err(ApiError::validation("attention.rules", "rules must be an array")),
-    }
-    Ok(AttentionPlanSpec { record, ..default })
-}
-
 fn webhook(fields: &Map<String, Value>, enabled: bool) -> Result<(Option<String>, Vec<WebhookEvent>), ApiError> {
     let url = match fields.get("webhook_url") {
         None | Some(Value::Null) => None,
@@ -239,7 +207,8 @@ fn webhook(fields: &Map<String, Value>, enabled: bool) -> Result<(Option<String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ModelDefaults, ModelLimits};
+    use crate::api::{ModelDefaults, ModelLimits, SiteDescriptor, SiteKind};
+    use crate::jobs::spec::RecordMode;
     use serde_json::json;
 
     fn catalog() -> ModelCatalog {
@@ -263,7 +232,10 @@ mod tests {
                 guidance_scale: 9.0,
                 fps: 8,
             },
-            sites: vec![],
+            sites: vec![
+                SiteDescriptor { id: "down_blocks.0.attentions.0.transformer_blocks.0.attn1".into(), kind: SiteKind::Spatial, stage: "down.0".into() },
+                SiteDescriptor { id: "down_blocks.0.attentions.0.transformer_blocks.0.attn2".into(), kind: SiteKind::Cross, stage: "down.0".into() },
+            ],
         }])
     }
 
@@ -309,9 +281,17 @@ mod tests {
         assert_eq!(field_of(base(json!({"source": {}}))), (validation, Some("source".into())));
         assert_eq!(field_of(base(json!({"attention": {"record": "all"}}))), (validation, Some("attention.record".into())));
         assert_eq!(
-            field_of(base(json!({"attention": {"rules": [{"sites": {"kind": "spatial"}, "op": {"type": "uniform"}}]}}))),
-            (validation, Some("attention.rules[0]".into()))
+            field_of(base(json!({"attention": {"rules": [{"sites": {"kind": "cross"}, "op": {"type": "identity"}}]}}))),
+            (validation, Some("attention.rules[0].op".into()))
         );
+        assert_eq!(
+            field_of(base(json!({"attention": {"rules": [{"sites": {"match": "nowhere.*"}, "op": {"type": "uniform"}}]}}))),
+            (validation, Some("attention.rules[0].sites".into()))
+        );
+        let plan = json!({"record": "per_head", "rules": [{"sites": {"kind": "spatial"}, "op": {"type": "uniform"}}]});
+        let spec = validate(base(json!({"attention": plan.clone()}))).unwrap();
+        assert_eq!(spec.attention.record, RecordMode::PerHead);
+        assert_eq!(spec.attention.to_json(), plan);
         assert_eq!(field_of(base(json!({"webhook_url": "ftp://x/"}))), (validation, Some("webhook_url".into())));
         assert_eq!(field_of(base(json!({"webhook_url": "http://x/", "webhook_events": ["end"]}))), (validation, Some("webhook_events[0]".into())));
         assert!(validate(base(json!({"width": 128, "height": 76, "seed": 5}))).is_err());

@@ -66,5 +66,7 @@ pub trait VideoBackend: Send {
 /// load one onto a worker's device.
 pub trait BackendProvider: Send + Sync + 'static {
     fn models(&self) -> Vec<ModelDescriptor>;
-    fn load(&self, model_id: &str) -> Result<Box<dyn VideoBackend>, BackendError>;
+    /// The model ready to run on `device` (`cpu`, `cuda:N`); called from the worker thread that
+    /// owns the device. Each model is loaded once per device.
+    fn load(&self, model_id: &str, device: &str) -> Result<Box<dyn VideoBackend>, BackendError>;
 }

@@ -1,6 +1,6 @@
 //! A synthetic backend: deterministic frames and statistics from the seed, with a configurable
 //! delay per step. It exists so router tests run in milliseconds; the same cases also run end to
-//! end against the real pipeline.
+//! end against the real pipeline. It records statistics but does not apply attention rules.
 
 use std::ops::ControlFlow;
 use std::time::Duration;
@@ -53,7 +53,8 @@ impl BackendProvider for FakeProvider {
         vec![FakeProvider::descriptor()]
     }
 
-    fn load(&self, model_id: &str) -> Result<Box<dyn VideoBackend>, BackendError> {
+    /// Runs anywhere: the device is not used.
+    fn load(&self, model_id: &str, _device: &str) -> Result<Box<dyn VideoBackend>, BackendError> {
         if model_id != FAKE_MODEL_ID {
             return Err(BackendError::UnknownModel(model_id.to_string()));
         }

@@ -62,17 +62,19 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    pub fn start(context: Arc<WorkerContext>, count: usize) -> std::io::Result<WorkerPool> {
+    /// One thread per entry of `devices`, each owning that device.
+    pub fn start(context: Arc<WorkerContext>, devices: &[String]) -> std::io::Result<WorkerPool> {
         let process = std::process::id();
         let run_id = uuid::Uuid::new_v4().simple().to_string();
-        let mut threads = Vec::with_capacity(count);
-        for index in 0..count {
+        let mut threads = Vec::with_capacity(devices.len());
+        for (index, device) in devices.iter().enumerate() {
             let context = context.clone();
-            let worker_id = format!("worker-{process}-{}-{index}", &run_id[..8]);
+            let device = device.clone();
+            let worker_id = format!("worker-{process}-{}-{index}-{device}", &run_id[..8]);
             threads.push(
                 std::thread::Builder::new()
-                    .name(format!("worker-{index}"))
-                    .spawn(move || worker_loop(&context, &worker_id))?,
+                    .name(format!("worker-{index}-{device}"))
+                    .spawn(move || worker_loop(&context, &worker_id, &device))?,
             );
         }
         Ok(WorkerPool { control: context.control.clone(), threads })
@@ -105,10 +107,10 @@ fn idle(control: &WorkerControl, duration: Duration) {
     }
 }
 
-fn worker_loop(context: &WorkerContext, worker_id: &str) {
+fn worker_loop(context: &WorkerContext, worker_id: &str, device: &str) {
     let mut backends: HashMap<String, Box<dyn VideoBackend>> = HashMap::new();
     let lease_ms = context.lease.as_millis() as i64;
-    tracing::info!(worker = worker_id, "worker started");
+    tracing::info!(worker = worker_id, device, "worker started");
     // Every worker sweeps for expired leases, but not on every poll: each sweep takes the
     // database's write lock, and a lease lasts many polls anyway.
     let sweep_interval = (context.lease / 4).max(Duration::from_millis(100));
@@ -119,7 +121,7 @@ fn worker_loop(context: &WorkerContext, worker_id: &str) {
             last_sweep = Some(Instant::now());
         }
         match context.runtime.block_on(context.store.claim_next(worker_id, now_millis(), lease_ms)) {
-            Ok(Some(job)) => runner::Runner { context, worker: worker_id, backends: &mut backends }.run(job),
+            Ok(Some(job)) => runner::Runner { context, worker: worker_id, device, backends: &mut backends }.run(job),
             Ok(None) => idle(&context.control, context.poll_interval),
             Err(error) => {
                 tracing::warn!(worker = worker_id, %error, "claiming failed");

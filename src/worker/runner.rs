@@ -29,6 +29,8 @@ enum Interruption {
 pub(super) struct Runner<'a> {
     pub context: &'a WorkerContext,
     pub worker: &'a str,
+    /// The device this worker thread owns.
+    pub device: &'a str,
     /// This worker thread's loaded models, by id.
     pub backends: &'a mut HashMap<String, Box<dyn VideoBackend>>,
 }
@@ -101,7 +103,7 @@ impl Runner<'_> {
         let context = self.context;
         let backend = match self.backends.entry(spec.model.clone()) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => match context.provider.load(&spec.model) {
+            std::collections::hash_map::Entry::Vacant(entry) => match context.provider.load(&spec.model, self.device) {
                 Ok(backend) => entry.insert(backend),
                 Err(error) => return Ok(failed(error.job_error_code(), error.to_string())),
             },

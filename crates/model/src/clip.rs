@@ -92,7 +92,11 @@ pub struct ClipTextModel {
 
 impl ClipTextModel {
     /// Loads `config.json` and the weights of a `text_encoder/` folder.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> std::result::Result<Self, ModelError> {
+    pub fn load(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> std::result::Result<Self, ModelError> {
         let config_path = dir.join("config.json");
         let config: ClipTextConfig = read_json(&config_path)?;
         config
@@ -106,7 +110,11 @@ impl ClipTextModel {
     pub fn new(vb: VarBuilder, config: ClipTextConfig) -> Result<Self> {
         let vb = vb.pp("text_model");
         let embeddings = vb.pp("embeddings");
-        let token_embedding = embedding(config.vocab_size, config.hidden_size, embeddings.pp("token_embedding"))?;
+        let token_embedding = embedding(
+            config.vocab_size,
+            config.hidden_size,
+            embeddings.pp("token_embedding"),
+        )?;
         let position_embedding = embedding(
             config.max_position_embeddings,
             config.hidden_size,
@@ -115,7 +123,11 @@ impl ClipTextModel {
         let layers = (0..config.num_hidden_layers)
             .map(|index| EncoderLayer::new(vb.pp("encoder.layers").pp(index), &config))
             .collect::<Result<Vec<_>>>()?;
-        let final_layer_norm = layer_norm(config.hidden_size, config.layer_norm_eps, vb.pp("final_layer_norm"))?;
+        let final_layer_norm = layer_norm(
+            config.hidden_size,
+            config.layer_norm_eps,
+            vb.pp("final_layer_norm"),
+        )?;
         Ok(Self {
             config,
             token_embedding,
@@ -183,11 +195,15 @@ impl EncoderLayer {
     }
 
     fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let attended = self.attention.forward(&self.layer_norm1.forward(xs)?, mask)?;
+        let attended = self
+            .attention
+            .forward(&self.layer_norm1.forward(xs)?, mask)?;
         let xs = (xs + attended)?;
-        let fed = self
-            .fc2
-            .forward(&self.activation.forward(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?)?;
+        let fed = self.fc2.forward(
+            &self
+                .activation
+                .forward(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?,
+        )?;
         xs + fed
     }
 }
@@ -280,7 +296,11 @@ mod tests {
         let exact: Vec<f32> = Activation::Gelu.forward(&xs).unwrap().to_vec1().unwrap();
         // x·Φ(x) at x = 1: 0.841344746
         assert!((exact[3] - 0.841_344_7).abs() < 1e-6);
-        let quick: Vec<f32> = Activation::QuickGelu.forward(&xs).unwrap().to_vec1().unwrap();
+        let quick: Vec<f32> = Activation::QuickGelu
+            .forward(&xs)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let expected = 3.0 / (1.0 + (-1.702f32 * 3.0).exp());
         assert!((quick[4] - expected).abs() < 1e-6);
     }
@@ -295,9 +315,23 @@ mod tests {
         let out_a = model.forward(&a).unwrap();
         let out_b = model.forward(&b).unwrap();
         assert_eq!(out_a.dims(), &[1, 4, 8]);
-        let prefix = |t: &Tensor| t.narrow(1, 0, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let prefix = |t: &Tensor| {
+            t.narrow(1, 0, 2)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
         assert_eq!(prefix(&out_a), prefix(&out_b));
-        let last = |t: &Tensor| t.narrow(1, 3, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let last = |t: &Tensor| {
+            t.narrow(1, 3, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
         assert_ne!(last(&out_a), last(&out_b));
         let too_long = Tensor::zeros((1, 7), DType::U32, &Device::Cpu).unwrap();
         assert!(model.forward(&too_long).is_err());

@@ -13,8 +13,8 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::attention::{
-    AttentionControl, AttentionPlan, BatchRole, EntropyRankSupport, ForwardCtx, PlanController, RecordMode,
-    SiteKind, SiteStepStats, StatsRecorder, StepInfo,
+    AttentionControl, AttentionPlan, BatchRole, EntropyRankSupport, ForwardCtx, PlanController,
+    RecordMode, SiteKind, SiteStepStats, StatsRecorder, StepInfo,
 };
 use crate::error::{ModelError, Result};
 use crate::unet3d::UNet3DConditionModel;
@@ -42,14 +42,17 @@ pub fn run_debug_unet(
     let unet = UNet3DConditionModel::load_dir(&unet_dir(model_dir), &device, DType::F32)?;
     let tensors = candle_core::safetensors::load(inputs, &device).map_err(|err| match err {
         candle_core::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
-            ModelError::MissingFile { path: inputs.to_path_buf() }
+            ModelError::MissingFile {
+                path: inputs.to_path_buf(),
+            }
         }
         other => ModelError::invalid_config(inputs, other.to_string()),
     })?;
     let input = |key: &str| -> Result<Tensor> {
-        let tensor = tensors
-            .get(key)
-            .ok_or_else(|| ModelError::MissingTensor { file: inputs.to_path_buf(), key: key.to_string() })?;
+        let tensor = tensors.get(key).ok_or_else(|| ModelError::MissingTensor {
+            file: inputs.to_path_buf(),
+            key: key.to_string(),
+        })?;
         Ok(tensor.to_dtype(DType::F32)?)
     };
     let sample = input("sample")?;
@@ -58,7 +61,11 @@ pub fn run_debug_unet(
 
     let batch = sample.dim(0)?;
     let first_timestep = timestep.flatten_all()?.get(0)?.to_scalar::<f32>()? as f64;
-    let step = StepInfo { index: 0, num_steps: 1, timestep: first_timestep };
+    let step = StepInfo {
+        index: 0,
+        num_steps: 1,
+        timestep: first_timestep,
+    };
 
     let mut controller = build_controller(plan_json, stats_json.is_some(), &unet)?;
     let prediction = {
@@ -69,7 +76,9 @@ pub fn run_debug_unet(
     candle_core::safetensors::save(&HashMap::from([("sample".to_string(), prediction)]), out)?;
 
     if let Some(stats_path) = stats_json {
-        let records = controller.map(DebugController::into_records).unwrap_or_default();
+        let records = controller
+            .map(DebugController::into_records)
+            .unwrap_or_default();
         write_stats(stats_path, &records)?;
     }
     Ok(())
@@ -112,21 +121,30 @@ fn build_controller(
     unet: &UNet3DConditionModel,
 ) -> Result<Option<DebugController>> {
     let Some(plan_path) = plan_json else {
-        return Ok(want_stats.then(|| DebugController::Observe(StatsRecorder::new(RecordMode::Summary))));
+        return Ok(
+            want_stats.then(|| DebugController::Observe(StatsRecorder::new(RecordMode::Summary)))
+        );
     };
     let text = std::fs::read_to_string(plan_path).map_err(|err| match err.kind() {
-        std::io::ErrorKind::NotFound => ModelError::MissingFile { path: plan_path.to_path_buf() },
+        std::io::ErrorKind::NotFound => ModelError::MissingFile {
+            path: plan_path.to_path_buf(),
+        },
         _ => ModelError::invalid_config(plan_path, err.to_string()),
     })?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|err| ModelError::invalid_config(plan_path, err.to_string()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|err| ModelError::invalid_config(plan_path, err.to_string()))?;
     let plan = AttentionPlan::from_json(&value)
         .and_then(|plan| plan.validate(unet.sites(), EntropyRankSupport::Refused))
         .map_err(|err| ModelError::invalid_config(plan_path, err.to_string()))?
         .ignoring_steps_and_branch();
     // An explicit statistics file asks for statistics even if the plan records none.
-    let plan = if want_stats && plan.record() == RecordMode::Off { plan.with_record(RecordMode::Summary) } else { plan };
-    let controller = PlanController::new(plan).map_err(|err| ModelError::invalid_config(plan_path, err.to_string()))?;
+    let plan = if want_stats && plan.record() == RecordMode::Off {
+        plan.with_record(RecordMode::Summary)
+    } else {
+        plan
+    };
+    let controller = PlanController::new(plan)
+        .map_err(|err| ModelError::invalid_config(plan_path, err.to_string()))?;
     Ok(Some(DebugController::Plan(controller)))
 }
 
@@ -141,11 +159,13 @@ fn write_stats(path: &Path, records: &[SiteStepStats]) -> Result<()> {
                 entropy_normalized: record.entropy_normalized,
                 energy: record.energy,
             };
-            let value = serde_json::to_value(summary).map_err(|err| candle_core::Error::Msg(err.to_string()))?;
+            let value = serde_json::to_value(summary)
+                .map_err(|err| candle_core::Error::Msg(err.to_string()))?;
             Ok((record.site.clone(), value))
         })
         .collect::<Result<_>>()?;
-    let text = serde_json::to_string_pretty(&summaries).map_err(|err| candle_core::Error::Msg(err.to_string()))?;
+    let text = serde_json::to_string_pretty(&summaries)
+        .map_err(|err| candle_core::Error::Msg(err.to_string()))?;
     std::fs::write(path, text)
         .map_err(|err| candle_core::Error::Msg(format!("{}: {err}", path.display())))?;
     Ok(())

@@ -140,9 +140,24 @@ impl ModelInfo {
         let defaults = &mut self.defaults;
         // A range without a default takes its default from the range (the derived default may
         // lie outside it); a default without a range widens nothing and is checked below.
-        override_pair(&mut limits.num_frames, &mut defaults.num_frames, file.num_frames, file.default_num_frames);
-        override_pair(&mut limits.width, &mut defaults.width, file.width, file.default_width);
-        override_pair(&mut limits.height, &mut defaults.height, file.height, file.default_height);
+        override_pair(
+            &mut limits.num_frames,
+            &mut defaults.num_frames,
+            file.num_frames,
+            file.default_num_frames,
+        );
+        override_pair(
+            &mut limits.width,
+            &mut defaults.width,
+            file.width,
+            file.default_width,
+        );
+        override_pair(
+            &mut limits.height,
+            &mut defaults.height,
+            file.height,
+            file.default_height,
+        );
         if let Some(steps) = file.default_num_inference_steps {
             defaults.num_inference_steps = steps;
         }
@@ -163,19 +178,30 @@ impl ModelInfo {
             ));
         }
         let ranges = [
-            ("num_frames", self.limits.num_frames, self.defaults.num_frames, 1),
+            (
+                "num_frames",
+                self.limits.num_frames,
+                self.defaults.num_frames,
+                1,
+            ),
             ("width", self.limits.width, self.defaults.width, multiple),
             ("height", self.limits.height, self.defaults.height, multiple),
         ];
         for (field, [min, max], default, step) in ranges {
             if min == 0 || min > max {
-                return Err(format!("{field} range [{min}, {max}] is empty or starts at 0"));
+                return Err(format!(
+                    "{field} range [{min}, {max}] is empty or starts at 0"
+                ));
             }
             if min % step != 0 || max % step != 0 || default % step != 0 {
-                return Err(format!("{field} bounds and default must be multiples of {step}"));
+                return Err(format!(
+                    "{field} bounds and default must be multiples of {step}"
+                ));
             }
             if !(min..=max).contains(&default) {
-                return Err(format!("default {field} {default} lies outside [{min}, {max}]"));
+                return Err(format!(
+                    "default {field} {default} lies outside [{min}, {max}]"
+                ));
             }
         }
         if self.defaults.num_inference_steps == 0 {
@@ -254,7 +280,11 @@ mod tests {
             ModelInfo::load(dir.path(), &facts()),
             Err(ModelError::InvalidConfig { .. })
         ));
-        std::fs::write(&path, r#"{"default_num_frames": 40, "num_frames": [8, 16]}"#).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"default_num_frames": 40, "num_frames": [8, 16]}"#,
+        )
+        .unwrap();
         assert!(ModelInfo::load(dir.path(), &facts()).is_err());
         std::fs::write(&path, r#"{"widht": [64, 64]}"#).unwrap();
         assert!(ModelInfo::load(dir.path(), &facts()).is_err());
@@ -263,6 +293,9 @@ mod tests {
     #[test]
     fn missing_file_means_derived_values() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(ModelInfo::load(dir.path(), &facts()).unwrap(), ModelInfo::derive(&facts()));
+        assert_eq!(
+            ModelInfo::load(dir.path(), &facts()).unwrap(),
+            ModelInfo::derive(&facts())
+        );
     }
 }

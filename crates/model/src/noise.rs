@@ -85,13 +85,18 @@ mod tests {
         let n = 200_000;
         let values = seeded_normal(123, n).unwrap().to_vec1::<f32>().unwrap();
         let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
-        let var = values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n as f64;
+        let var = values
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n as f64;
         assert!(mean.abs() < 0.01, "mean {mean}");
         assert!((var - 1.0).abs() < 0.01, "variance {var}");
         assert!(values.iter().all(|v| v.is_finite()));
     }
 
-    const PINNED_WORDS_SEED_42: [u32; 4] = [652_572_191, 1_793_264_209, 1_552_637_026, 3_035_332_441];
+    const PINNED_WORDS_SEED_42: [u32; 4] =
+        [652_572_191, 1_793_264_209, 1_552_637_026, 3_035_332_441];
     const PINNED_VALUES_SEED_42: [f32; 5] = [
         -1.686_416_4,
         0.961_537_7,

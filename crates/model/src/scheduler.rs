@@ -240,7 +240,8 @@ impl DdimScheduler {
         num_inference_steps: usize,
     ) -> Result<Tensor, ModelError> {
         let train = self.config.num_train_timesteps as i64;
-        let current = (timestep as i64 - self.step_ratio(num_inference_steps)? as i64).min(train - 1);
+        let current =
+            (timestep as i64 - self.step_ratio(num_inference_steps)? as i64).min(train - 1);
         let alpha_current = match usize::try_from(current) {
             Ok(current) => self.alpha_at(current)?,
             Err(_) => self.boundary_alpha_cumprod,
@@ -354,7 +355,11 @@ fn linspace(start: f64, end: f64, count: usize) -> Vec<f64> {
 
 /// diffusers' `betas_for_alpha_bar` with the cosine ᾱ of Nichol & Dhariwal, capped at 0.999.
 fn cosine_betas(steps: usize) -> Vec<f64> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+            .cos()
+            .powi(2)
+    };
     (0..steps)
         .map(|i| {
             let t1 = i as f64 / steps as f64;
@@ -407,7 +412,10 @@ mod tests {
     fn leading_timesteps_match_diffusers() {
         let scheduler = DdimScheduler::new(modelscope()).unwrap();
         assert_eq!(scheduler.timesteps(5).unwrap(), vec![801, 601, 401, 201, 1]);
-        assert_eq!(scheduler.inverse_timesteps(5).unwrap(), vec![1, 201, 401, 601, 801]);
+        assert_eq!(
+            scheduler.inverse_timesteps(5).unwrap(),
+            vec![1, 201, 401, 601, 801]
+        );
         assert_eq!(scheduler.timesteps(3).unwrap(), vec![667, 334, 1]);
     }
 

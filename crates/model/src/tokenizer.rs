@@ -25,7 +25,8 @@ use crate::weights::read_json;
 
 /// transformers' CLIP pre-tokenization pattern: the special tokens, English contractions, runs of
 /// letters, single digits, and runs of other non-space characters.
-const CLIP_SPLIT_PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_SPLIT_PATTERN: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 const DEFAULT_BOS: &str = "<|startoftext|>";
 const DEFAULT_EOS: &str = "<|endoftext|>";
 /// CLIP's context length, used when the configuration does not say.
@@ -97,7 +98,9 @@ impl ClipTokenizer {
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let settings = TokenizerSettings::read(dir)?;
         let token = |value: &Option<SpecialToken>, default: &str| {
-            value.as_ref().map_or(default.to_string(), |t| t.content().to_string())
+            value
+                .as_ref()
+                .map_or(default.to_string(), |t| t.content().to_string())
         };
         let bos = token(&settings.bos_token, DEFAULT_BOS);
         let eos = token(&settings.eos_token, DEFAULT_EOS);
@@ -114,12 +117,16 @@ impl ClipTokenizer {
             (inner, json_path)
         } else {
             let vocab = dir.join("vocab.json");
-            (build_from_vocab_and_merges(&vocab, &dir.join("merges.txt"), &unk)?, vocab)
+            (
+                build_from_vocab_and_merges(&vocab, &dir.join("merges.txt"), &unk)?,
+                vocab,
+            )
         };
         // transformers registers every configured special token, the pad token included, as an
         // unsplittable added token: with a "!" pad token, a "!" in a prompt becomes the pad id
         // rather than the word-final "!</w>". Doing the same keeps the ids identical.
-        let specials = [&bos, &eos, &unk, &pad].map(|content| AddedToken::from(content.as_str(), true));
+        let specials =
+            [&bos, &eos, &unk, &pad].map(|content| AddedToken::from(content.as_str(), true));
         inner.add_special_tokens(specials).map_err(|error| {
             ModelError::invalid_config(&origin, format!("cannot add special tokens: {error}"))
         })?;
@@ -137,7 +144,9 @@ impl ClipTokenizer {
         if max_length < 2 {
             return Err(ModelError::invalid_config(
                 dir.join("tokenizer_config.json"),
-                format!("model_max_length {max_length} leaves no room for the start and end tokens"),
+                format!(
+                    "model_max_length {max_length} leaves no room for the start and end tokens"
+                ),
             ));
         }
         Ok(Self {
@@ -176,7 +185,11 @@ impl ClipTokenizer {
 }
 
 /// Assembles transformers' `CLIPTokenizer` pipeline around a vocabulary and merge list.
-fn build_from_vocab_and_merges(vocab: &Path, merges: &Path, unk: &str) -> Result<Tokenizer, ModelError> {
+fn build_from_vocab_and_merges(
+    vocab: &Path,
+    merges: &Path,
+    unk: &str,
+) -> Result<Tokenizer, ModelError> {
     for path in [vocab, merges] {
         if !path.is_file() {
             return Err(ModelError::MissingFile {
@@ -191,7 +204,11 @@ fn build_from_vocab_and_merges(vocab: &Path, merges: &Path, unk: &str) -> Result
         .fuse_unk(false)
         .unk_token(unk.into())
         .build()
-        .map_err(|error| invalid(format!("cannot build the BPE model from vocab.json and merges.txt: {error}")))?;
+        .map_err(|error| {
+            invalid(format!(
+                "cannot build the BPE model from vocab.json and merges.txt: {error}"
+            ))
+        })?;
     let whitespace = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ")
         .map_err(|error| invalid(error.to_string()))?;
     let split = Split::new(
@@ -247,9 +264,16 @@ mod tests {
         tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
         tokens.push(DEFAULT_BOS.into());
         tokens.push(DEFAULT_EOS.into());
-        let vocab: BTreeMap<&str, usize> =
-            tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
-        std::fs::write(dir.join("vocab.json"), serde_json::to_string(&vocab).unwrap()).unwrap();
+        let vocab: BTreeMap<&str, usize> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i))
+            .collect();
+        std::fs::write(
+            dir.join("vocab.json"),
+            serde_json::to_string(&vocab).unwrap(),
+        )
+        .unwrap();
         std::fs::write(
             dir.join("merges.txt"),
             format!("#version: 0.2\n{}\n", merges.join("\n")),
@@ -274,7 +298,10 @@ mod tests {
         let cases: [(&str, &[u32]); 4] = [
             ("hi!", &[517, 512, 0, 518]),
             ("hello !", &[517, 516, 0, 518]),
-            ("HELLO  world!!", &[517, 516, 86, 78, 81, 75, 323, 0, 0, 518]),
+            (
+                "HELLO  world!!",
+                &[517, 516, 86, 78, 81, 75, 323, 0, 0, 518],
+            ),
             ("a!b", &[517, 320, 0, 321, 518]),
         ];
         for (text, expected) in cases {

@@ -90,20 +90,34 @@ impl VaeConfig {
                 self.up_block_types.len()
             ));
         }
-        if let Some(kind) = self.down_block_types.iter().find(|kind| *kind != "DownEncoderBlock2D") {
+        if let Some(kind) = self
+            .down_block_types
+            .iter()
+            .find(|kind| *kind != "DownEncoderBlock2D")
+        {
             return Err(format!("down block type {kind:?} is not supported"));
         }
-        if let Some(kind) = self.up_block_types.iter().find(|kind| *kind != "UpDecoderBlock2D") {
+        if let Some(kind) = self
+            .up_block_types
+            .iter()
+            .find(|kind| *kind != "UpDecoderBlock2D")
+        {
             return Err(format!("up block type {kind:?} is not supported"));
         }
         if self.act_fn != "silu" {
-            return Err(format!("act_fn {:?} is not supported (only \"silu\")", self.act_fn));
+            return Err(format!(
+                "act_fn {:?} is not supported (only \"silu\")",
+                self.act_fn
+            ));
         }
         if !self.mid_block_add_attention {
             return Err("mid_block_add_attention = false is not supported".into());
         }
         if self.norm_num_groups == 0
-            || self.block_out_channels.iter().any(|c| c % self.norm_num_groups != 0)
+            || self
+                .block_out_channels
+                .iter()
+                .any(|c| c % self.norm_num_groups != 0)
         {
             return Err(format!(
                 "every block_out_channels entry must be a multiple of norm_num_groups {}",
@@ -111,7 +125,10 @@ impl VaeConfig {
             ));
         }
         if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
-            return Err(format!("scaling_factor {} must be positive", self.scaling_factor));
+            return Err(format!(
+                "scaling_factor {} must be positive",
+                self.scaling_factor
+            ));
         }
         Ok(())
     }
@@ -128,7 +145,9 @@ impl LatentDistribution {
     /// `mean + std · noise`, with caller-supplied standard-normal noise so that results are
     /// reproducible (see [`crate::noise::seeded_normal`]).
     pub fn sample(&self, noise: &Tensor) -> Result<Tensor> {
-        let noise = noise.to_device(self.mean.device())?.to_dtype(self.mean.dtype())?;
+        let noise = noise
+            .to_device(self.mean.device())?
+            .to_dtype(self.mean.dtype())?;
         &self.mean + (&self.std * noise)?
     }
 }
@@ -147,7 +166,11 @@ pub struct AutoencoderKl {
 impl AutoencoderKl {
     /// Loads `config.json` and the weights of a `vae/` folder. With `force_upcast` in the config,
     /// an f16 or bf16 request loads the autoencoder in f32.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> std::result::Result<Self, ModelError> {
+    pub fn load(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> std::result::Result<Self, ModelError> {
         let config_path = dir.join("config.json");
         let config: VaeConfig = read_json(&config_path)?;
         config
@@ -170,11 +193,23 @@ impl AutoencoderKl {
         let encoder = Encoder::new(vb.pp("encoder"), &config)?;
         let decoder = Decoder::new(vb.pp("decoder"), &config)?;
         let quant_conv = match config.use_quant_conv {
-            true => Some(conv2d(2 * latent, 2 * latent, 1, Default::default(), vb.pp("quant_conv"))?),
+            true => Some(conv2d(
+                2 * latent,
+                2 * latent,
+                1,
+                Default::default(),
+                vb.pp("quant_conv"),
+            )?),
             false => None,
         };
         let post_quant_conv = match config.use_post_quant_conv {
-            true => Some(conv2d(latent, latent, 1, Default::default(), vb.pp("post_quant_conv"))?),
+            true => Some(conv2d(
+                latent,
+                latent,
+                1,
+                Default::default(),
+                vb.pp("post_quant_conv"),
+            )?),
             false => None,
         };
         Ok(Self {
@@ -207,7 +242,9 @@ impl AutoencoderKl {
         .to_dtype(DType::F32)?;
         let latent = self.config.latent_channels;
         let mean = moments.narrow(1, 0, latent)?;
-        let logvar = moments.narrow(1, latent, latent)?.clamp(LOGVAR_RANGE.0, LOGVAR_RANGE.1)?;
+        let logvar = moments
+            .narrow(1, latent, latent)?
+            .clamp(LOGVAR_RANGE.0, LOGVAR_RANGE.1)?;
         let std = (logvar * 0.5)?.exp()?;
         Ok(LatentDistribution { mean, std })
     }
@@ -288,7 +325,11 @@ impl MidBlock {
         let resnets = vb.pp("resnets");
         Ok(Self {
             first: ResnetBlock2D::new(resnets.pp(0), channels, resnet_config)?,
-            attention: MidAttention::new(vb.pp("attentions").pp(0), channels, config.norm_num_groups)?,
+            attention: MidAttention::new(
+                vb.pp("attentions").pp(0),
+                channels,
+                config.norm_num_groups,
+            )?,
             second: ResnetBlock2D::new(resnets.pp(1), channels, resnet_config)?,
         })
     }
@@ -379,14 +420,24 @@ impl Encoder {
                     add_downsample: index + 1 < channels.len(),
                     downsample_padding: 0,
                 };
-                DownEncoderBlock2D::new(vb.pp("down_blocks").pp(index), in_channels, channels[index], block_config)
+                DownEncoderBlock2D::new(
+                    vb.pp("down_blocks").pp(index),
+                    in_channels,
+                    channels[index],
+                    block_config,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             conv_in,
             down_blocks,
             mid_block: MidBlock::new(vb.pp("mid_block"), last, config)?,
-            conv_norm_out: group_norm(config.norm_num_groups, last, NORM_EPS, vb.pp("conv_norm_out"))?,
+            conv_norm_out: group_norm(
+                config.norm_num_groups,
+                last,
+                NORM_EPS,
+                vb.pp("conv_norm_out"),
+            )?,
             // Mean and log-variance ("double_z").
             conv_out: conv3x3(last, 2 * config.latent_channels, vb.pp("conv_out"))?,
         })
@@ -426,14 +477,24 @@ impl Decoder {
                     output_scale_factor: 1.0,
                     add_upsample: index + 1 < reversed.len(),
                 };
-                UpDecoderBlock2D::new(vb.pp("up_blocks").pp(index), in_channels, reversed[index], block_config)
+                UpDecoderBlock2D::new(
+                    vb.pp("up_blocks").pp(index),
+                    in_channels,
+                    reversed[index],
+                    block_config,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             conv_in: conv3x3(config.latent_channels, reversed[0], vb.pp("conv_in"))?,
             mid_block: MidBlock::new(vb.pp("mid_block"), reversed[0], config)?,
             up_blocks,
-            conv_norm_out: group_norm(config.norm_num_groups, first, NORM_EPS, vb.pp("conv_norm_out"))?,
+            conv_norm_out: group_norm(
+                config.norm_num_groups,
+                first,
+                NORM_EPS,
+                vb.pp("conv_norm_out"),
+            )?,
             conv_out: conv3x3(first, config.out_channels, vb.pp("conv_out"))?,
         })
     }
@@ -476,10 +537,17 @@ mod tests {
         let posterior = vae.encode(&images).unwrap();
         assert_eq!(posterior.mean.dims(), &[2, 4, 4, 3]);
         assert_eq!(posterior.std.dims(), &[2, 4, 4, 3]);
-        let zero = posterior.sample(&posterior.mean.zeros_like().unwrap()).unwrap();
+        let zero = posterior
+            .sample(&posterior.mean.zeros_like().unwrap())
+            .unwrap();
         assert_eq!(
             zero.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            posterior.mean.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            posterior
+                .mean
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
         );
         let decoded = vae.decode(&posterior.mean).unwrap();
         assert_eq!(decoded.dims(), &[2, 3, 8, 6]);
@@ -499,8 +567,17 @@ mod tests {
         // Frame f of the video is the decode of latents[:, :, f] / scaling_factor.
         let frame1 = (latents.narrow(2, 1, 1).unwrap().squeeze(2).unwrap() / 0.5).unwrap();
         let single = vae.decode(&frame1).unwrap();
-        let from_video = vae.decode_video(&latents, 1).unwrap().narrow(0, 1, 1).unwrap();
-        let diff = (single - from_video).unwrap().abs().unwrap().max_all().unwrap();
+        let from_video = vae
+            .decode_video(&latents, 1)
+            .unwrap()
+            .narrow(0, 1, 1)
+            .unwrap();
+        let diff = (single - from_video)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
     }
 
@@ -513,9 +590,18 @@ mod tests {
         let frames = video_to_frames(&video).unwrap();
         assert_eq!(frames.dims(), &[6, 1, 2, 2]);
         // Frame 4 is batch 1, frame 1.
-        let expected = video.narrow(0, 1, 1).unwrap().narrow(2, 1, 1).unwrap().flatten_all().unwrap();
+        let expected = video
+            .narrow(0, 1, 1)
+            .unwrap()
+            .narrow(2, 1, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
         let got = frames.narrow(0, 4, 1).unwrap().flatten_all().unwrap();
-        assert_eq!(expected.to_vec1::<f32>().unwrap(), got.to_vec1::<f32>().unwrap());
+        assert_eq!(
+            expected.to_vec1::<f32>().unwrap(),
+            got.to_vec1::<f32>().unwrap()
+        );
         let back = frames_to_video(&frames, 2).unwrap();
         assert_eq!(
             back.flatten_all().unwrap().to_vec1::<f32>().unwrap(),

@@ -169,7 +169,11 @@ impl WeightSource {
         match layout {
             Layout::Single(path) => {
                 let file = map_file(&path)?;
-                let routing = file.tensors().into_iter().map(|(key, _)| (key, 0)).collect();
+                let routing = file
+                    .tensors()
+                    .into_iter()
+                    .map(|(key, _)| (key, 0))
+                    .collect();
                 Ok(Self {
                     origin: path.clone(),
                     files: vec![(path, file)],
@@ -223,7 +227,10 @@ impl WeightSource {
             file: file.to_path_buf(),
             key: key.to_string(),
         };
-        let &index = self.routing.get(key).ok_or_else(|| missing_in(&self.origin))?;
+        let &index = self
+            .routing
+            .get(key)
+            .ok_or_else(|| missing_in(&self.origin))?;
         let (path, file) = &self.files[index];
         // The index may list a key its shard lacks.
         let view = file.get(key).map_err(|_| missing_in(path))?;
@@ -238,10 +245,16 @@ impl WeightSource {
             }
         }
         use safetensors::Dtype as Stored;
-        if !matches!(view.dtype(), Stored::F16 | Stored::BF16 | Stored::F32 | Stored::F64) {
+        if !matches!(
+            view.dtype(),
+            Stored::F16 | Stored::BF16 | Stored::F32 | Stored::F64
+        ) {
             return Err(ModelError::invalid_config(
                 path,
-                format!("tensor {key} is stored as {:?}, not a float type", view.dtype()),
+                format!(
+                    "tensor {key} is stored as {:?}, not a float type",
+                    view.dtype()
+                ),
             ));
         }
         let tensor = file.load(key, device).and_then(|t| t.to_dtype(dtype));
@@ -267,7 +280,10 @@ impl WeightSource {
         };
         // The most recent failure is the one that aborted construction; earlier ones may come from
         // optional tensors that a constructor probed for and did without.
-        match failures.iter().rposition(|failure| text.contains(&failure.to_string())) {
+        match failures
+            .iter()
+            .rposition(|failure| text.contains(&failure.to_string()))
+        {
             Some(position) => failures.swap_remove(position),
             None => ModelError::Candle(error),
         }
@@ -306,7 +322,12 @@ impl SimpleBackend for SharedSource {
             .map_err(|failure| self.0.record(failure))
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.0
             .load(name, None, dtype, device)
             .map_err(|failure| self.0.record(failure))
@@ -343,7 +364,11 @@ mod tests {
     fn single_file_loads_and_converts_dtype() {
         let dir = tempfile::tempdir().unwrap();
         let w = weight(2, 3, 0.0).to_dtype(DType::F16).unwrap();
-        let b = weight(1, 2, 1.0).reshape(2).unwrap().to_dtype(DType::BF16).unwrap();
+        let b = weight(1, 2, 1.0)
+            .reshape(2)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
         write_tensors(
             &dir.path().join("diffusion_pytorch_model.safetensors"),
             &[("proj.weight", w), ("proj.bias", b)],
@@ -388,7 +413,10 @@ mod tests {
         let full = dir.path().join("diffusion_pytorch_model.safetensors");
         let half = dir.path().join("diffusion_pytorch_model.fp16.safetensors");
         write_tensors(&full, &[("x", weight(1, 1, 1.0))]);
-        write_tensors(&half, &[("x", weight(1, 1, 2.0).to_dtype(DType::F16).unwrap())]);
+        write_tensors(
+            &half,
+            &[("x", weight(1, 1, 2.0).to_dtype(DType::F16).unwrap())],
+        );
         let f32_weights = ComponentWeights::open(dir.path(), DType::F32, &Device::Cpu).unwrap();
         assert_eq!(f32_weights.origin(), full);
         let f16_weights = ComponentWeights::open(dir.path(), DType::F16, &Device::Cpu).unwrap();
@@ -422,7 +450,10 @@ mod tests {
         let path = dir.path().join("model.safetensors");
         write_tensors(
             &path,
-            &[("proj.weight", weight(3, 2, 0.0)), ("proj.bias", weight(1, 2, 0.0))],
+            &[
+                ("proj.weight", weight(3, 2, 0.0)),
+                ("proj.bias", weight(1, 2, 0.0)),
+            ],
         );
         let weights = ComponentWeights::open(dir.path(), DType::F32, &Device::Cpu).unwrap();
         let error = weights.build(linear).map(|_| ()).unwrap_err();
@@ -473,7 +504,8 @@ mod tests {
         let shard = dir.path().join("s1.safetensors");
         write_tensors(&shard, &[("proj.weight", weight(2, 3, 0.0))]);
         std::fs::write(
-            dir.path().join("diffusion_pytorch_model.safetensors.index.json"),
+            dir.path()
+                .join("diffusion_pytorch_model.safetensors.index.json"),
             r#"{"weight_map": {"proj.weight": "s1.safetensors", "proj.bias": "s1.safetensors"}}"#,
         )
         .unwrap();

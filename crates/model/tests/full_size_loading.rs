@@ -13,20 +13,43 @@ use entrovid_model::weights::ComponentWeights;
 #[test]
 #[ignore = "needs a full-size checkpoint; see the module docs"]
 fn full_size_sharded_fp16_unet_loads_and_runs() {
-    let dir = PathBuf::from(std::env::var("ENTROVID_FULL_SIZE_UNET").expect("set ENTROVID_FULL_SIZE_UNET"));
+    let dir = PathBuf::from(
+        std::env::var("ENTROVID_FULL_SIZE_UNET").expect("set ENTROVID_FULL_SIZE_UNET"),
+    );
     let config = UNet3DConfig::from_file(&dir.join("config.json")).unwrap();
     let weights = ComponentWeights::open(&dir, DType::F16, &Device::Cpu).unwrap();
-    assert!(weights.origin().to_string_lossy().ends_with(".safetensors.index.fp16.json"));
-    let unet = weights.build(|vb| UNet3DConditionModel::new(vb, &config)).unwrap();
+    assert!(weights
+        .origin()
+        .to_string_lossy()
+        .ends_with(".safetensors.index.fp16.json"));
+    let unet = weights
+        .build(|vb| UNet3DConditionModel::new(vb, &config))
+        .unwrap();
     assert_eq!(unet.sites().len(), 66);
 
-    let sample = Tensor::randn(0f32, 1.0, (1, 4, 2, 4, 4), &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap();
-    let text = Tensor::randn(0f32, 1.0, (1, 77, 1024), &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap();
+    let sample = Tensor::randn(0f32, 1.0, (1, 4, 2, 4, 4), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F16)
+        .unwrap();
+    let text = Tensor::randn(0f32, 1.0, (1, 77, 1024), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F16)
+        .unwrap();
     let timesteps = Tensor::new(&[500f32], &Device::Cpu).unwrap();
-    let step = StepInfo { index: 0, num_steps: 1, timestep: 500.0 };
+    let step = StepInfo {
+        index: 0,
+        num_steps: 1,
+        timestep: 500.0,
+    };
     let mut ctx = ForwardCtx::new(step, vec![BatchRole::MAIN_COND], None);
     let out = unet.forward(&sample, &timesteps, &text, &mut ctx).unwrap();
     assert_eq!(out.dims(), &[1, 4, 2, 4, 4]);
-    let values = out.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let values = out
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(values.iter().all(|v| v.is_finite()));
 }

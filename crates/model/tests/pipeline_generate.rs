@@ -10,12 +10,15 @@ use entrovid_model::error::ModelError;
 use entrovid_model::noise::seeded_normal;
 use entrovid_model::pipeline::{GenerateParams, Progress, Stage, TextToVideoPipeline, Video};
 
+mod test_device;
+use test_device::test_device;
+
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_a")
 }
 
 fn load() -> TextToVideoPipeline {
-    TextToVideoPipeline::load(&fixture(), &Device::Cpu, DType::F32).unwrap()
+    TextToVideoPipeline::load(&fixture(), &test_device(), DType::F32).unwrap()
 }
 
 fn params(seed: u64) -> GenerateParams {
@@ -72,7 +75,10 @@ fn generate_is_deterministic_and_reports_every_stage() {
         (Stage::Denoising, 2, 2),
         (Stage::Decoding, 3, 3),
     ];
-    let got: Vec<(Stage, usize, usize)> = progress.iter().map(|p| (p.stage, p.step, p.total_steps)).collect();
+    let got: Vec<(Stage, usize, usize)> = progress
+        .iter()
+        .map(|p| (p.stage, p.step, p.total_steps))
+        .collect();
     assert_eq!(got, expected);
 
     let (again, _) = generate(&pipeline, &params(7));
@@ -92,12 +98,24 @@ fn generate_equals_its_parts() {
     let expected_noise = seeded_normal(11, (1, 4, 3, 4, 8)).unwrap();
     assert_eq!(
         latents.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        expected_noise.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        expected_noise
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
     );
     let guidance = pipeline
-        .encode_prompts(&request.prompt, &request.negative_prompt, request.guidance_scale)
+        .encode_prompts(
+            &request.prompt,
+            &request.negative_prompt,
+            request.guidance_scale,
+        )
         .unwrap();
-    let latents = pipeline.denoise(latents, &guidance, 2, None, &mut |_| ControlFlow::Continue(())).unwrap();
+    let latents = pipeline
+        .denoise(latents, &guidance, 2, None, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
     let images = pipeline.vae().decode_video(&latents, 8).unwrap();
     let by_parts = entrovid_model::pipeline::rgb_frames(&images).unwrap();
     assert_eq!(by_parts, video);
@@ -132,7 +150,10 @@ fn impossible_requests_name_the_field() {
         change(&mut request);
         match pipeline.generate(&request, None, &mut |_| ControlFlow::Continue(())) {
             Err(ModelError::InvalidParams { field: got, .. }) => assert_eq!(got, field),
-            other => panic!("{field}: expected InvalidParams, got {:?}", other.map(|_| ())),
+            other => panic!(
+                "{field}: expected InvalidParams, got {:?}",
+                other.map(|_| ())
+            ),
         }
     }
 }
@@ -144,11 +165,22 @@ fn video_encodes_to_scaled_posterior_means_and_inverts() {
     let latents = pipeline.encode_video(&video).unwrap();
     assert_eq!(latents.dims(), &[1, 4, 3, 4, 8]);
     // Frame 1 alone through the encoder gives the same latents.
-    let images = entrovid_model::pipeline::video_to_images(&video, &Device::Cpu).unwrap();
-    let mean = pipeline.vae().encode(&images.narrow(0, 1, 1).unwrap()).unwrap().mean;
+    let images = entrovid_model::pipeline::video_to_images(&video, pipeline.device()).unwrap();
+    let mean = pipeline
+        .vae()
+        .encode(&images.narrow(0, 1, 1).unwrap())
+        .unwrap()
+        .mean;
     let scaled = (mean * pipeline.vae().config().scaling_factor).unwrap();
     let from_video = latents.narrow(2, 1, 1).unwrap().squeeze(2).unwrap();
-    let diff: f32 = (scaled - from_video).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let diff: f32 = (scaled - from_video)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!(diff < 1e-5, "{diff}");
 
     let mut stages = Vec::new();
@@ -160,7 +192,14 @@ fn video_encodes_to_scaled_posterior_means_and_inverts() {
         .unwrap();
     assert_eq!(noisy.dims(), latents.dims());
     assert_eq!(stages, vec![Stage::Inverting; 3]);
-    let moved: f32 = (noisy - &latents).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let moved: f32 = (noisy - &latents)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!(moved > 0.0);
 }
 
@@ -177,7 +216,11 @@ fn load_errors_name_the_missing_file() {
     std::fs::remove_file(copy.path().join("unet/diffusion_pytorch_model.safetensors")).unwrap();
     match TextToVideoPipeline::load(copy.path(), &Device::Cpu, DType::F32) {
         Err(ModelError::MissingFile { path }) => {
-            assert!(path.ends_with("unet/diffusion_pytorch_model.safetensors"), "{}", path.display())
+            assert!(
+                path.ends_with("unet/diffusion_pytorch_model.safetensors"),
+                "{}",
+                path.display()
+            )
         }
         other => panic!("expected MissingFile, got {:?}", other.map(|_| ())),
     }
@@ -185,7 +228,7 @@ fn load_errors_name_the_missing_file() {
 
 #[test]
 fn half_precision_runs_with_upcast_vae() {
-    let pipeline = TextToVideoPipeline::load(&fixture(), &Device::Cpu, DType::F16).unwrap();
+    let pipeline = TextToVideoPipeline::load(&fixture(), &test_device(), DType::F16).unwrap();
     // force_upcast keeps the VAE in f32.
     assert_eq!(pipeline.vae().dtype(), DType::F32);
     let (half, _) = generate(&pipeline, &params(5));

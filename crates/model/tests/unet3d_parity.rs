@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use entrovid_model::attention::{
-    AttentionControl, AttentionPlan, BatchRole, EntropyRankSupport, ForwardCtx, PlanController, RecordMode,
-    SiteStepStats, StatsRecorder, StepInfo,
+    AttentionControl, AttentionPlan, BatchRole, EntropyRankSupport, ForwardCtx, PlanController,
+    RecordMode, SiteStepStats, StatsRecorder, StepInfo,
 };
 use entrovid_model::debug::run_debug_unet;
 use entrovid_model::unet3d::UNet3DConditionModel;
@@ -18,7 +18,9 @@ const FIXTURES: [&str; 2] = ["tiny_a", "tiny_b"];
 const PLANS_PER_FIXTURE: usize = 4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
 }
 
 fn load_unet(dir: &Path) -> UNet3DConditionModel {
@@ -36,8 +38,21 @@ fn read_json(path: &Path) -> Value {
 /// max|out − ref| ≤ 1e-4 · max(1, max|ref|).
 fn assert_close(out: &Tensor, reference: &Tensor, what: &str) {
     assert_eq!(out.dims(), reference.dims(), "{what}: shape");
-    let max_ref = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let max_diff = (out - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let max_ref = reference
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let max_diff = (out - reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let bound = 1e-4 * max_ref.max(1.0);
     assert!(max_diff <= bound, "{what}: max diff {max_diff} > {bound}");
 }
@@ -47,10 +62,23 @@ fn assert_stats_match(records: &[SiteStepStats], reference: &Value, what: &str) 
     let reference = reference.as_object().unwrap();
     assert_eq!(records.len(), reference.len(), "{what}: number of sites");
     for record in records {
-        let expected = reference.get(&record.site).unwrap_or_else(|| panic!("{what}: unexpected site {}", record.site));
+        let expected = reference
+            .get(&record.site)
+            .unwrap_or_else(|| panic!("{what}: unexpected site {}", record.site));
         let field = |key: &str| expected[key].as_f64().unwrap();
-        assert_eq!(expected["kind"], record.kind.as_str(), "{what}: {}", record.site);
-        assert!((record.entropy - field("entropy")).abs() <= 1e-4, "{what}: {} entropy {} vs {}", record.site, record.entropy, field("entropy"));
+        assert_eq!(
+            expected["kind"],
+            record.kind.as_str(),
+            "{what}: {}",
+            record.site
+        );
+        assert!(
+            (record.entropy - field("entropy")).abs() <= 1e-4,
+            "{what}: {} entropy {} vs {}",
+            record.site,
+            record.entropy,
+            field("entropy")
+        );
         assert!(
             (record.entropy_normalized - field("entropy_normalized")).abs() <= 1e-4,
             "{what}: {} entropy_normalized {} vs {}",
@@ -59,7 +87,12 @@ fn assert_stats_match(records: &[SiteStepStats], reference: &Value, what: &str) 
             field("entropy_normalized")
         );
         let energy = field("energy");
-        assert!((record.energy - energy).abs() <= 1e-3 * energy.abs().max(1e-12), "{what}: {} energy {} vs {energy}", record.site, record.energy);
+        assert!(
+            (record.energy - energy).abs() <= 1e-3 * energy.abs().max(1e-12),
+            "{what}: {} energy {} vs {energy}",
+            record.site,
+            record.energy
+        );
     }
 }
 
@@ -68,7 +101,10 @@ fn keys_in_file_order(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
-        .filter_map(|line| line.strip_prefix("  \"").and_then(|rest| rest.strip_suffix("\": {")))
+        .filter_map(|line| {
+            line.strip_prefix("  \"")
+                .and_then(|rest| rest.strip_suffix("\": {"))
+        })
         .map(String::from)
         .collect()
 }
@@ -83,14 +119,28 @@ struct Case {
 fn case(dir: &Path) -> Case {
     let mut tensors = load_tensors(&dir.join("ref/unet.safetensors"));
     let mut take = |key: &str| tensors.remove(key).unwrap();
-    Case { sample: take("sample"), timestep: take("timestep"), text: take("encoder_hidden_states"), out_sample: take("out_sample") }
+    Case {
+        sample: take("sample"),
+        timestep: take("timestep"),
+        text: take("encoder_hidden_states"),
+        out_sample: take("out_sample"),
+    }
 }
 
-fn forward(unet: &UNet3DConditionModel, case: &Case, control: Option<&mut dyn AttentionControl>) -> Tensor {
-    let step = StepInfo { index: 0, num_steps: 1, timestep: 0.0 };
+fn forward(
+    unet: &UNet3DConditionModel,
+    case: &Case,
+    control: Option<&mut dyn AttentionControl>,
+) -> Tensor {
+    let step = StepInfo {
+        index: 0,
+        num_steps: 1,
+        timestep: 0.0,
+    };
     let roles = vec![BatchRole::MAIN_COND; case.sample.dim(0).unwrap()];
     let mut ctx = ForwardCtx::new(step, roles, control);
-    unet.forward(&case.sample, &case.timestep, &case.text, &mut ctx).unwrap()
+    unet.forward(&case.sample, &case.timestep, &case.text, &mut ctx)
+        .unwrap()
 }
 
 /// The plain run (output, statistics, site order and stages, observation changing nothing) of the
@@ -104,8 +154,20 @@ fn check_plain_run(dir: &Path) {
 
     let mut recorder = StatsRecorder::new(RecordMode::Summary);
     let observed = forward(&unet, &case, Some(&mut recorder));
-    let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&plain), bits(&observed), "{what}: observing changed the output");
+    let bits = |t: &Tensor| {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        bits(&plain),
+        bits(&observed),
+        "{what}: observing changed the output"
+    );
 
     let stats_path = dir.join("ref/unet_stats.json");
     let reference = read_json(&stats_path);
@@ -113,7 +175,12 @@ fn check_plain_run(dir: &Path) {
     let sites: Vec<String> = unet.sites().iter().map(|site| site.id.clone()).collect();
     assert_eq!(sites, keys_in_file_order(&stats_path), "{what}: site order");
     for site in unet.sites() {
-        assert_eq!(reference[&site.id]["stage"], site.stage.as_str(), "{what}: stage of {}", site.id);
+        assert_eq!(
+            reference[&site.id]["stage"],
+            site.stage.as_str(),
+            "{what}: stage of {}",
+            site.id
+        );
     }
 }
 
@@ -125,7 +192,12 @@ fn check_plans(dir: &Path) -> usize {
     let mut checked = 0;
     for entry in std::fs::read_dir(dir.join("ref")).unwrap() {
         let file = entry.unwrap().file_name().into_string().unwrap();
-        let Some(plan_name) = file.strip_prefix("plan_").and_then(|rest| rest.strip_suffix(".json")) else { continue };
+        let Some(plan_name) = file
+            .strip_prefix("plan_")
+            .and_then(|rest| rest.strip_suffix(".json"))
+        else {
+            continue;
+        };
         let what = format!("{}/{plan_name}", dir.display());
         let plan = AttentionPlan::from_json(&read_json(&dir.join("ref").join(&file)))
             .unwrap()
@@ -162,11 +234,19 @@ fn plans_match_diffusers() {
 #[test]
 #[ignore = "needs generated configurations in ENTROVID_RANDOM_UNETS"]
 fn random_configurations_match_diffusers() {
-    let root = PathBuf::from(std::env::var("ENTROVID_RANDOM_UNETS").expect("ENTROVID_RANDOM_UNETS"));
-    let mut configs: Vec<PathBuf> =
-        std::fs::read_dir(&root).unwrap().map(|entry| entry.unwrap().path()).filter(|path| path.join("unet").is_dir()).collect();
+    let root =
+        PathBuf::from(std::env::var("ENTROVID_RANDOM_UNETS").expect("ENTROVID_RANDOM_UNETS"));
+    let mut configs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.join("unet").is_dir())
+        .collect();
     configs.sort();
-    assert!(!configs.is_empty(), "no configurations in {}", root.display());
+    assert!(
+        !configs.is_empty(),
+        "no configurations in {}",
+        root.display()
+    );
     for dir in configs {
         check_plain_run(&dir);
         check_plans(&dir);
@@ -177,34 +257,84 @@ fn random_configurations_match_diffusers() {
 fn debug_tool_writes_prediction_and_statistics() {
     let dir = tempfile::tempdir().unwrap();
     let name = "tiny_b";
-    let (out, stats) = (dir.path().join("out.safetensors"), dir.path().join("stats.json"));
+    let (out, stats) = (
+        dir.path().join("out.safetensors"),
+        dir.path().join("stats.json"),
+    );
     let plan = fixture(name).join("ref/plan_mix_uniform_cross.json");
     // The pipeline folder is accepted (its unet/ is used).
-    run_debug_unet(&fixture(name), &fixture(name).join("ref/unet.safetensors"), &out, Some(&stats), Some(&plan)).unwrap();
+    run_debug_unet(
+        &fixture(name),
+        &fixture(name).join("ref/unet.safetensors"),
+        &out,
+        Some(&stats),
+        Some(&plan),
+    )
+    .unwrap();
     let written = load_tensors(&out);
-    let reference = load_tensors(&fixture(name).join("ref/unet_plan_mix_uniform_cross.safetensors"));
+    let reference =
+        load_tensors(&fixture(name).join("ref/unet_plan_mix_uniform_cross.safetensors"));
     assert_close(&written["sample"], &reference["out_sample"], "debug tool");
     let written_stats = read_json(&stats);
-    let reference_stats = read_json(&fixture(name).join("ref/unet_plan_mix_uniform_cross_stats.json"));
+    let reference_stats =
+        read_json(&fixture(name).join("ref/unet_plan_mix_uniform_cross_stats.json"));
     let written_object = written_stats.as_object().unwrap();
-    assert_eq!(written_object.len(), reference_stats.as_object().unwrap().len());
+    assert_eq!(
+        written_object.len(),
+        reference_stats.as_object().unwrap().len()
+    );
     for (site, value) in written_object {
         let expected = &reference_stats[site];
         assert_eq!(value["kind"], expected["kind"]);
-        assert!((value["entropy"].as_f64().unwrap() - expected["entropy"].as_f64().unwrap()).abs() <= 1e-4);
+        assert!(
+            (value["entropy"].as_f64().unwrap() - expected["entropy"].as_f64().unwrap()).abs()
+                <= 1e-4
+        );
     }
 
     // A plan the model cannot use is an error naming the field, not a panic.
     let bad_plan = dir.path().join("bad.json");
-    std::fs::write(&bad_plan, r#"{"rules": [{"sites": {"kind": "cross"}, "op": {"type": "identity"}}]}"#).unwrap();
-    let err = run_debug_unet(&fixture(name).join("unet"), &fixture(name).join("ref/unet.safetensors"), &out, None, Some(&bad_plan))
-        .unwrap_err();
+    std::fs::write(
+        &bad_plan,
+        r#"{"rules": [{"sites": {"kind": "cross"}, "op": {"type": "identity"}}]}"#,
+    )
+    .unwrap();
+    let err = run_debug_unet(
+        &fixture(name).join("unet"),
+        &fixture(name).join("ref/unet.safetensors"),
+        &out,
+        None,
+        Some(&bad_plan),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("attention.rules[0].op"), "{err}");
     let ranked = dir.path().join("ranked.json");
-    std::fs::write(&ranked, r#"{"rules": [{"sites": {"entropy_rank": {"lowest": 2}}, "op": {"type": "uniform"}}]}"#).unwrap();
-    let err = run_debug_unet(&fixture(name), &fixture(name).join("ref/unet.safetensors"), &out, None, Some(&ranked)).unwrap_err();
-    assert!(err.to_string().contains("attention.rules[0].sites.entropy_rank"), "{err}");
+    std::fs::write(
+        &ranked,
+        r#"{"rules": [{"sites": {"entropy_rank": {"lowest": 2}}, "op": {"type": "uniform"}}]}"#,
+    )
+    .unwrap();
+    let err = run_debug_unet(
+        &fixture(name),
+        &fixture(name).join("ref/unet.safetensors"),
+        &out,
+        None,
+        Some(&ranked),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("attention.rules[0].sites.entropy_rank"),
+        "{err}"
+    );
     // Missing inputs name the file.
-    let err = run_debug_unet(&fixture(name), &dir.path().join("none.safetensors"), &out, None, None).unwrap_err();
+    let err = run_debug_unet(
+        &fixture(name),
+        &dir.path().join("none.safetensors"),
+        &out,
+        None,
+        None,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("none.safetensors"), "{err}");
 }

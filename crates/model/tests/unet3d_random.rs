@@ -25,14 +25,15 @@ fn tiny_config() -> UNet3DConfig {
 fn tiny_unet() -> UNet3DConditionModel {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let unet = UNet3DConditionModel::new(vb, &tiny_config()).unwrap();
-    // Give every weight (norm scales and biases included) a random value so no layer is an
-    // identity by construction.
+    // A first build creates every variable; give each (norm scales and biases included) a random
+    // value so no layer is an identity by construction, then build the model from them (it may
+    // copy weights at construction, e.g. to stack projections).
+    UNet3DConditionModel::new(vb.clone(), &tiny_config()).unwrap();
     for var in varmap.all_vars() {
         let random = Tensor::randn(0f32, 0.2, var.shape(), &Device::Cpu).unwrap();
         var.set(&(random + 0.1).unwrap()).unwrap();
     }
-    unet
+    UNet3DConditionModel::new(vb, &tiny_config()).unwrap()
 }
 
 struct Inputs {
@@ -45,47 +46,144 @@ fn inputs(batch: usize, frames: usize, height: usize, width: usize) -> Inputs {
     let device = Device::Cpu;
     Inputs {
         sample: Tensor::randn(0f32, 1.0, (batch, 4, frames, height, width), &device).unwrap(),
-        timesteps: Tensor::from_vec((0..batch).map(|i| 981.0 - 37.5 * i as f32).collect(), batch, &device).unwrap(),
+        timesteps: Tensor::from_vec(
+            (0..batch).map(|i| 981.0 - 37.5 * i as f32).collect(),
+            batch,
+            &device,
+        )
+        .unwrap(),
         text: Tensor::randn(0f32, 1.0, (batch, 5, 16), &device).unwrap(),
     }
 }
 
 fn roles(batch: usize) -> Vec<BatchRole> {
-    (0..batch).map(|i| if i % 2 == 0 { BatchRole::MAIN_UNCOND } else { BatchRole::MAIN_COND }).collect()
+    (0..batch)
+        .map(|i| {
+            if i % 2 == 0 {
+                BatchRole::MAIN_UNCOND
+            } else {
+                BatchRole::MAIN_COND
+            }
+        })
+        .collect()
 }
 
-const STEP: StepInfo = StepInfo { index: 0, num_steps: 1, timestep: 981.0 };
+const STEP: StepInfo = StepInfo {
+    index: 0,
+    num_steps: 1,
+    timestep: 981.0,
+};
 
-fn run(unet: &UNet3DConditionModel, inputs: &Inputs, control: Option<&mut dyn entrovid_model::attention::AttentionControl>) -> Tensor {
+fn run(
+    unet: &UNet3DConditionModel,
+    inputs: &Inputs,
+    control: Option<&mut dyn entrovid_model::attention::AttentionControl>,
+) -> Tensor {
     let batch = inputs.sample.dim(0).unwrap();
     let mut ctx = ForwardCtx::new(STEP, roles(batch), control);
-    unet.forward(&inputs.sample, &inputs.timesteps, &inputs.text, &mut ctx).unwrap()
+    unet.forward(&inputs.sample, &inputs.timesteps, &inputs.text, &mut ctx)
+        .unwrap()
 }
 
 #[test]
 fn sites_are_listed_in_forward_order_with_diffusers_paths() {
     let unet = tiny_unet();
-    let ids: Vec<(&str, SiteKind, &str)> =
-        unet.sites().iter().map(|s| (s.id.as_str(), s.kind, s.stage.as_str())).collect();
+    let ids: Vec<(&str, SiteKind, &str)> = unet
+        .sites()
+        .iter()
+        .map(|s| (s.id.as_str(), s.kind, s.stage.as_str()))
+        .collect();
     let expected = vec![
-        ("transformer_in.transformer_blocks.0.attn1", SiteKind::Temporal, "in"),
-        ("transformer_in.transformer_blocks.0.attn2", SiteKind::Temporal, "in"),
-        ("down_blocks.0.attentions.0.transformer_blocks.0.attn1", SiteKind::Spatial, "down.0"),
-        ("down_blocks.0.attentions.0.transformer_blocks.0.attn2", SiteKind::Cross, "down.0"),
-        ("down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1", SiteKind::Temporal, "down.0"),
-        ("down_blocks.0.temp_attentions.0.transformer_blocks.0.attn2", SiteKind::Temporal, "down.0"),
-        ("mid_block.attentions.0.transformer_blocks.0.attn1", SiteKind::Spatial, "mid"),
-        ("mid_block.attentions.0.transformer_blocks.0.attn2", SiteKind::Cross, "mid"),
-        ("mid_block.temp_attentions.0.transformer_blocks.0.attn1", SiteKind::Temporal, "mid"),
-        ("mid_block.temp_attentions.0.transformer_blocks.0.attn2", SiteKind::Temporal, "mid"),
-        ("up_blocks.1.attentions.0.transformer_blocks.0.attn1", SiteKind::Spatial, "up.1"),
-        ("up_blocks.1.attentions.0.transformer_blocks.0.attn2", SiteKind::Cross, "up.1"),
-        ("up_blocks.1.temp_attentions.0.transformer_blocks.0.attn1", SiteKind::Temporal, "up.1"),
-        ("up_blocks.1.temp_attentions.0.transformer_blocks.0.attn2", SiteKind::Temporal, "up.1"),
-        ("up_blocks.1.attentions.1.transformer_blocks.0.attn1", SiteKind::Spatial, "up.1"),
-        ("up_blocks.1.attentions.1.transformer_blocks.0.attn2", SiteKind::Cross, "up.1"),
-        ("up_blocks.1.temp_attentions.1.transformer_blocks.0.attn1", SiteKind::Temporal, "up.1"),
-        ("up_blocks.1.temp_attentions.1.transformer_blocks.0.attn2", SiteKind::Temporal, "up.1"),
+        (
+            "transformer_in.transformer_blocks.0.attn1",
+            SiteKind::Temporal,
+            "in",
+        ),
+        (
+            "transformer_in.transformer_blocks.0.attn2",
+            SiteKind::Temporal,
+            "in",
+        ),
+        (
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+            SiteKind::Spatial,
+            "down.0",
+        ),
+        (
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn2",
+            SiteKind::Cross,
+            "down.0",
+        ),
+        (
+            "down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1",
+            SiteKind::Temporal,
+            "down.0",
+        ),
+        (
+            "down_blocks.0.temp_attentions.0.transformer_blocks.0.attn2",
+            SiteKind::Temporal,
+            "down.0",
+        ),
+        (
+            "mid_block.attentions.0.transformer_blocks.0.attn1",
+            SiteKind::Spatial,
+            "mid",
+        ),
+        (
+            "mid_block.attentions.0.transformer_blocks.0.attn2",
+            SiteKind::Cross,
+            "mid",
+        ),
+        (
+            "mid_block.temp_attentions.0.transformer_blocks.0.attn1",
+            SiteKind::Temporal,
+            "mid",
+        ),
+        (
+            "mid_block.temp_attentions.0.transformer_blocks.0.attn2",
+            SiteKind::Temporal,
+            "mid",
+        ),
+        (
+            "up_blocks.1.attentions.0.transformer_blocks.0.attn1",
+            SiteKind::Spatial,
+            "up.1",
+        ),
+        (
+            "up_blocks.1.attentions.0.transformer_blocks.0.attn2",
+            SiteKind::Cross,
+            "up.1",
+        ),
+        (
+            "up_blocks.1.temp_attentions.0.transformer_blocks.0.attn1",
+            SiteKind::Temporal,
+            "up.1",
+        ),
+        (
+            "up_blocks.1.temp_attentions.0.transformer_blocks.0.attn2",
+            SiteKind::Temporal,
+            "up.1",
+        ),
+        (
+            "up_blocks.1.attentions.1.transformer_blocks.0.attn1",
+            SiteKind::Spatial,
+            "up.1",
+        ),
+        (
+            "up_blocks.1.attentions.1.transformer_blocks.0.attn2",
+            SiteKind::Cross,
+            "up.1",
+        ),
+        (
+            "up_blocks.1.temp_attentions.1.transformer_blocks.0.attn1",
+            SiteKind::Temporal,
+            "up.1",
+        ),
+        (
+            "up_blocks.1.temp_attentions.1.transformer_blocks.0.attn2",
+            SiteKind::Temporal,
+            "up.1",
+        ),
     ];
     assert_eq!(ids, expected);
 }
@@ -104,9 +202,18 @@ fn recorder_sees_every_site_in_order() {
         let keys: f64 = match record.kind {
             SiteKind::Temporal => 3.0,
             SiteKind::Cross => 5.0,
-            SiteKind::Spatial => if record.site.starts_with("mid") { 16.0 } else { 64.0 },
+            SiteKind::Spatial => {
+                if record.site.starts_with("mid") {
+                    16.0
+                } else {
+                    64.0
+                }
+            }
         };
-        assert!(record.entropy > 0.0 && record.entropy <= keys.ln() + 1e-6, "{record:?}");
+        assert!(
+            record.entropy > 0.0 && record.entropy <= keys.ln() + 1e-6,
+            "{record:?}"
+        );
         assert!((record.entropy_normalized - record.entropy / keys.ln()).abs() < 1e-9);
         assert!(record.energy > 0.0);
     }
@@ -120,8 +227,14 @@ fn observing_changes_nothing_bit_for_bit() {
     let mut recorder = StatsRecorder::new(RecordMode::PerHead);
     let observed = run(&unet, &inputs, Some(&mut recorder));
     assert_eq!(plain.dims(), &[2, 4, 3, 8, 8]);
-    let (plain, observed) = (plain.flatten_all().unwrap().to_vec1::<f32>().unwrap(), observed.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-    assert!(plain.iter().zip(&observed).all(|(a, b)| a.to_bits() == b.to_bits()));
+    let (plain, observed) = (
+        plain.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        observed.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    );
+    assert!(plain
+        .iter()
+        .zip(&observed)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
     // A plan whose rules never fire is observation too.
     let plan = AttentionPlan::from_json(&serde_json::json!({"rules": [
         {"sites": {"kind": "spatial"}, "steps": {"start": 0.5}, "op": {"type": "uniform"}}]}))
@@ -129,8 +242,15 @@ fn observing_changes_nothing_bit_for_bit() {
     .validate(unet.sites(), EntropyRankSupport::Refused)
     .unwrap();
     let mut controller = PlanController::new(plan).unwrap();
-    let planned = run(&unet, &inputs, Some(&mut controller)).flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert!(plain.iter().zip(&planned).all(|(a, b)| a.to_bits() == b.to_bits()));
+    let planned = run(&unet, &inputs, Some(&mut controller))
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(plain
+        .iter()
+        .zip(&planned)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
 }
 
 #[test]
@@ -147,7 +267,14 @@ fn operators_change_the_output_and_the_recorded_maps() {
     let changed = run(&unet, &inputs, Some(&mut controller));
     // The unconditional row (batch 0) is untouched, the conditional row (batch 1) changes.
     let diff = |b: usize| {
-        (plain.get(b).unwrap() - changed.get(b).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        (plain.get(b).unwrap() - changed.get(b).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     };
     assert_eq!(diff(0), 0.0);
     assert!(diff(1) > 1e-4);
@@ -157,7 +284,10 @@ fn operators_change_the_output_and_the_recorded_maps() {
     run(&unet, &inputs, Some(&mut recorder));
     let (planned, observed) = (&controller.into_records()[0], &recorder.into_records()[0]);
     assert_eq!(planned.site, "transformer_in.transformer_blocks.0.attn1");
-    assert!(planned.entropy > observed.entropy, "{planned:?} {observed:?}");
+    assert!(
+        planned.entropy > observed.entropy,
+        "{planned:?} {observed:?}"
+    );
     assert!(planned.entropy <= 3f64.ln() + 1e-9);
 }
 
@@ -177,7 +307,14 @@ fn one_timestep_is_broadcast_over_the_batch() {
     let per_row = run(&unet, &batch, None);
     batch.timesteps = Tensor::new(500f32, &Device::Cpu).unwrap();
     let scalar = run(&unet, &batch, None);
-    let diff = (per_row - scalar).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (per_row - scalar)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(diff, 0.0);
 }
 
@@ -186,12 +323,18 @@ fn mismatched_inputs_are_errors_not_panics() {
     let unet = tiny_unet();
     let good = inputs(2, 2, 4, 4);
     let mut ctx = ForwardCtx::new(STEP, roles(1), None);
-    assert!(unet.forward(&good.sample, &good.timesteps, &good.text, &mut ctx).is_err());
+    assert!(unet
+        .forward(&good.sample, &good.timesteps, &good.text, &mut ctx)
+        .is_err());
     let mut ctx = ForwardCtx::new(STEP, roles(2), None);
     let wrong_text = Tensor::zeros((2, 5, 8), DType::F32, &Device::Cpu).unwrap();
-    assert!(unet.forward(&good.sample, &good.timesteps, &wrong_text, &mut ctx).is_err());
+    assert!(unet
+        .forward(&good.sample, &good.timesteps, &wrong_text, &mut ctx)
+        .is_err());
     let three_timesteps = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
-    assert!(unet.forward(&good.sample, &three_timesteps, &good.text, &mut ctx).is_err());
+    assert!(unet
+        .forward(&good.sample, &three_timesteps, &good.text, &mut ctx)
+        .is_err());
 }
 
 #[test]
@@ -201,13 +344,89 @@ fn modelscope_layout_has_66_sites() {
         "block_out_channels": [32, 64, 64, 64], "norm_num_groups": 8, "cross_attention_dim": 16, "attention_head_dim": 16
     }))
     .unwrap();
-    let unet = UNet3DConditionModel::new(VarBuilder::zeros(DType::F32, &Device::Cpu), &config).unwrap();
+    let unet =
+        UNet3DConditionModel::new(VarBuilder::zeros(DType::F32, &Device::Cpu), &config).unwrap();
     let sites = unet.sites();
     assert_eq!(sites.len(), 66);
     let count = |kind: SiteKind| sites.iter().filter(|s| s.kind == kind).count();
-    assert_eq!((count(SiteKind::Spatial), count(SiteKind::Cross), count(SiteKind::Temporal)), (15, 15, 36));
+    assert_eq!(
+        (
+            count(SiteKind::Spatial),
+            count(SiteKind::Cross),
+            count(SiteKind::Temporal)
+        ),
+        (16, 16, 34)
+    );
     let mut stages: Vec<&str> = sites.iter().map(|s| s.stage.as_str()).collect();
     stages.dedup();
-    assert_eq!(stages, ["in", "down.0", "down.1", "down.2", "mid", "up.1", "up.2", "up.3"]);
-    assert_eq!(sites.last().unwrap().id, "up_blocks.3.temp_attentions.2.transformer_blocks.0.attn2");
+    assert_eq!(
+        stages,
+        ["in", "down.0", "down.1", "down.2", "mid", "up.1", "up.2", "up.3"]
+    );
+    assert_eq!(
+        sites.last().unwrap().id,
+        "up_blocks.3.temp_attentions.2.transformer_blocks.0.attn2"
+    );
+}
+
+#[test]
+fn half_precision_runs_close_to_f32_and_records_statistics() {
+    let unet32 = UNet3DConditionModel::load_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_a/unet"),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let unet16 = UNet3DConditionModel::load_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_a/unet"),
+        &Device::Cpu,
+        DType::F16,
+    )
+    .unwrap();
+    let device = Device::Cpu;
+    let sample = Tensor::randn(0f32, 1.0, (2, 4, 3, 8, 6), &device).unwrap();
+    let timesteps = Tensor::new(&[437.5f32, 12.0], &device).unwrap();
+    let text = Tensor::randn(0f32, 1.0, (2, 7, 24), &device).unwrap();
+    let reference = {
+        let mut ctx = ForwardCtx::new(STEP, roles(2), None);
+        unet32
+            .forward(&sample, &timesteps, &text, &mut ctx)
+            .unwrap()
+    };
+    let mut recorder = StatsRecorder::new(RecordMode::Summary);
+    let half = {
+        let mut ctx = ForwardCtx::new(STEP, roles(2), Some(&mut recorder));
+        let (sample, text) = (
+            sample.to_dtype(DType::F16).unwrap(),
+            text.to_dtype(DType::F16).unwrap(),
+        );
+        unet16
+            .forward(&sample, &timesteps, &text, &mut ctx)
+            .unwrap()
+    };
+    assert_eq!(half.dtype(), DType::F16);
+    let diff = (half.to_dtype(DType::F32).unwrap() - &reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = reference
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        diff <= 2e-2 * scale.max(1.0),
+        "f16 differs from f32 by {diff}"
+    );
+    let records = recorder.into_records();
+    assert_eq!(records.len(), unet16.sites().len());
+    assert!(records
+        .iter()
+        .all(|r| r.entropy.is_finite() && r.energy.is_finite() && r.energy > 0.0));
 }

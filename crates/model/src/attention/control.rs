@@ -46,8 +46,14 @@ pub struct BatchRole {
 }
 
 impl BatchRole {
-    pub const MAIN_COND: BatchRole = BatchRole { branch: Branch::Cond, run: RunRole::Main };
-    pub const MAIN_UNCOND: BatchRole = BatchRole { branch: Branch::Uncond, run: RunRole::Main };
+    pub const MAIN_COND: BatchRole = BatchRole {
+        branch: Branch::Cond,
+        run: RunRole::Main,
+    };
+    pub const MAIN_UNCOND: BatchRole = BatchRole {
+        branch: Branch::Uncond,
+        run: RunRole::Main,
+    };
 }
 
 /// The denoising step a forward pass belongs to.
@@ -86,7 +92,11 @@ impl<'a> ForwardCtx<'a> {
         batch_roles: Vec<BatchRole>,
         control: Option<&'a mut dyn AttentionControl>,
     ) -> Self {
-        Self { step, batch_roles, control }
+        Self {
+            step,
+            batch_roles,
+            control,
+        }
     }
 }
 
@@ -111,7 +121,8 @@ impl AttentionCall<'_> {
     /// Rows of the first dimension that belong to one batch item (G*heads).
     pub fn rows_per_batch_item(&self) -> Result<usize> {
         let rows = self.q.dim(0)?;
-        if self.batch == 0 || rows % self.batch != 0 || (rows / self.batch) % self.heads.max(1) != 0 {
+        if self.batch == 0 || rows % self.batch != 0 || (rows / self.batch) % self.heads.max(1) != 0
+        {
             candle_core::bail!(
                 "attention call at {}: {rows} rows do not split into batch {} x heads {}",
                 self.site.id,

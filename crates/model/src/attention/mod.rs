@@ -7,7 +7,9 @@ pub mod plan;
 pub mod site;
 pub mod stats;
 
-pub use control::{AttentionCall, AttentionControl, BatchRole, Branch, ForwardCtx, RunRole, StepInfo};
+pub use control::{
+    AttentionCall, AttentionControl, BatchRole, Branch, ForwardCtx, RunRole, StepInfo,
+};
 pub use ops::{default_attention, MapOp};
 pub use plan::{AttentionPlan, EntropyRankSupport, PlanController, PlanError, ValidatedPlan};
 pub use site::{SiteInfo, SiteKind};

@@ -50,7 +50,9 @@ pub fn default_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resu
 pub fn identity_attention(q: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (nq, nk) = (q.dim(1)?, v.dim(1)?);
     if nq != nk {
-        candle_core::bail!("the identity map needs as many queries as keys ({nq} queries, {nk} keys)")
+        candle_core::bail!(
+            "the identity map needs as many queries as keys ({nq} queries, {nk} keys)"
+        )
     }
     Ok(v.clone())
 }
@@ -58,7 +60,9 @@ pub fn identity_attention(q: &Tensor, v: &Tensor) -> Result<Tensor> {
 /// Output of the uniform map: the mean of the values over the keys, for each of `queries` rows.
 pub fn uniform_attention(v: &Tensor, queries: usize) -> Result<Tensor> {
     let (rows, _, d) = v.dims3()?;
-    v.mean_keepdim(1)?.broadcast_as((rows, queries, d))?.contiguous()
+    v.mean_keepdim(1)?
+        .broadcast_as((rows, queries, d))?
+        .contiguous()
 }
 
 /// (1-λ)·attended + λ·mean(V): the output of the map (1-λ)A + λU given attended = AV.
@@ -101,7 +105,11 @@ pub(crate) fn apply_per_item(
         outputs.push(out);
         stats.extend(part);
     }
-    let stats = if measure { Some(MapStats::concat(stats)?) } else { None };
+    let stats = if measure {
+        Some(MapStats::concat(stats)?)
+    } else {
+        None
+    };
     Ok((Tensor::cat(&outputs, 0)?, stats))
 }
 
@@ -133,13 +141,17 @@ fn apply_map_in_blocks(
     let (logit_scale, lambda) = match op {
         Some(MapOp::Identity) => {
             let out = identity_attention(q, v)?;
-            let stats = measure.then(|| MapStats::constant_entropy(&out, 0.0, keys)).transpose()?;
+            let stats = measure
+                .then(|| MapStats::constant_entropy(&out, 0.0, keys))
+                .transpose()?;
             return Ok((out, stats));
         }
         Some(MapOp::Uniform) => {
             let out = uniform_attention(v, queries)?;
             let row_entropy = (keys as f64).ln();
-            let stats = measure.then(|| MapStats::constant_entropy(&out, row_entropy, keys)).transpose()?;
+            let stats = measure
+                .then(|| MapStats::constant_entropy(&out, row_entropy, keys))
+                .transpose()?;
             return Ok((out, stats));
         }
         Some(MapOp::Temperature { tau }) => (scale / tau, 0.0),
@@ -198,8 +210,16 @@ fn apply_map_in_blocks(
             entropy_sums.extend(row_entropy);
         }
     }
-    let attended = if outputs.len() == 1 { outputs.remove(0) } else { Tensor::cat(&outputs, 0)? };
-    let out = if lambda > 0.0 { mix_with_uniform(&attended, v, lambda)? } else { attended };
+    let attended = if outputs.len() == 1 {
+        outputs.remove(0)
+    } else {
+        Tensor::cat(&outputs, 0)?
+    };
+    let out = if lambda > 0.0 {
+        mix_with_uniform(&attended, v, lambda)?
+    } else {
+        attended
+    };
     let stats = if measure {
         let entropy_sums = Tensor::cat(&entropy_sums, 0)?.to_vec1::<f64>()?;
         Some(MapStats::new(entropy_sums, &out, keys)?)
@@ -237,15 +257,22 @@ fn softmax_block(
     } else {
         softmax_entropy(&logits, &probs)?
     };
-    Ok((out, Some(query_entropy.to_dtype(DType::F64)?.sum(D::Minus1)?)))
+    Ok((
+        out,
+        Some(query_entropy.to_dtype(DType::F64)?.sum(D::Minus1)?),
+    ))
 }
 
 /// Entropy of each row of softmax(logits): H = logsumexp(s) − Σ softmax(s)·s, which needs no
 /// logarithm of probabilities (no 0·ln 0 trouble). Returns `[.., Nq]`.
 pub fn softmax_entropy(logits: &Tensor, probs: &Tensor) -> Result<Tensor> {
     let max = logits.max_keepdim(D::Minus1)?;
-    let log_sum_exp =
-        (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
+    let log_sum_exp = (logits
+        .broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        + max)?;
     let expected_logit = (probs * logits)?.sum_keepdim(D::Minus1)?;
     (log_sum_exp - expected_logit)?.squeeze(D::Minus1)
 }
@@ -309,7 +336,12 @@ mod tests {
         let energy_expected: f64 = expected.iter().map(|x| x * x).sum();
         assert!((energy(&stats) - energy_expected).abs() < 1e-5);
         // The unmeasured default path gives the same output bit for bit.
-        let plain = default_attention(&q, &k, &v, 1.0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let plain = default_attention(&q, &k, &v, 1.0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(plain, out);
     }
 
@@ -318,17 +350,33 @@ mod tests {
         let n = 5;
         let q = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu).unwrap();
         let k = Tensor::ones((2, n, 4), DType::F32, &Device::Cpu).unwrap();
-        let v = Tensor::arange(0f32, (2 * n * 4) as f32, &Device::Cpu).unwrap().reshape((2, n, 4)).unwrap();
+        let v = Tensor::arange(0f32, (2 * n * 4) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((2, n, 4))
+            .unwrap();
         let (softmax_out, softmax_stats) = measure(&q, &k, &v, None);
         let (uniform_out, uniform_stats) = measure(&q, &k, &v, Some(MapOp::Uniform));
         let ln_n = (n as f64).ln();
         assert!((mean_entropy(&softmax_stats) - ln_n).abs() < 1e-6);
         assert!((mean_entropy(&uniform_stats) - ln_n).abs() < 1e-12);
-        let diff = (softmax_out - &uniform_out).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (softmax_out - &uniform_out)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-4);
         // Every query row of the uniform output is the mean of the values: row 0 of item 0 is
         // mean over keys of [0,1,2,3], [4,..], ... = [8, 9, 10, 11].
-        let first = uniform_out.get(0).unwrap().get(0).unwrap().to_vec1::<f32>().unwrap();
+        let first = uniform_out
+            .get(0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(first, vec![8.0, 9.0, 10.0, 11.0]);
     }
 
@@ -338,7 +386,14 @@ mod tests {
         let (out, stats) = measure(&q, &k, &v, Some(MapOp::Identity));
         assert_eq!(out.to_vec3::<f32>().unwrap(), v.to_vec3::<f32>().unwrap());
         assert_eq!(mean_entropy(&stats), 0.0);
-        let values_energy: f64 = v.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| (*x as f64).powi(2)).sum();
+        let values_energy: f64 = v
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| (*x as f64).powi(2))
+            .sum();
         assert!((energy(&stats) - values_energy).abs() < 1e-9);
         // A map that is not square has no identity.
         assert!(identity_attention(&q.narrow(1, 0, 2).unwrap(), &v).is_err());
@@ -365,8 +420,16 @@ mod tests {
         let attended = measure(&q, &k, &v, None).0;
         let uniform = measure(&q, &k, &v, Some(MapOp::Uniform)).0;
         let mixed = measure(&q, &k, &v, Some(MapOp::MixUniform { lambda })).0;
-        let expected = ((attended * (1.0 - lambda)).unwrap() + (uniform * lambda).unwrap()).unwrap();
-        let diff = (mixed - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let expected =
+            ((attended * (1.0 - lambda)).unwrap() + (uniform * lambda).unwrap()).unwrap();
+        let diff = (mixed - expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-6);
     }
 
@@ -388,7 +451,10 @@ mod tests {
         let identity = energy(&measure(&q, &k, &v, Some(MapOp::Identity)).1);
         let softmax = energy(&measure(&q, &k, &v, None).1);
         let uniform = energy(&measure(&q, &k, &v, Some(MapOp::Uniform)).1);
-        assert!(identity >= softmax && softmax >= uniform, "{identity} {softmax} {uniform}");
+        assert!(
+            identity >= softmax && softmax >= uniform,
+            "{identity} {softmax} {uniform}"
+        );
         assert!(identity > uniform);
     }
 
@@ -398,12 +464,25 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (3, 7, 4), &device).unwrap();
         let k = Tensor::randn(0f32, 1.0, (3, 9, 4), &device).unwrap();
         let v = Tensor::randn(0f32, 1.0, (3, 9, 2), &device).unwrap();
-        for op in [None, Some(MapOp::MixUniform { lambda: 0.4 }), Some(MapOp::Temperature { tau: 2.0 })] {
-            let (whole, whole_stats) = apply_map_in_blocks(&q, &k, &v, 0.5, op, true, 1 << 20).unwrap();
+        for op in [
+            None,
+            Some(MapOp::MixUniform { lambda: 0.4 }),
+            Some(MapOp::Temperature { tau: 2.0 }),
+        ] {
+            let (whole, whole_stats) =
+                apply_map_in_blocks(&q, &k, &v, 0.5, op, true, 1 << 20).unwrap();
             // 9 keys per query, 20 logits per block: query rows split within a map.
             for block in [20, 63 * 2] {
-                let (split, split_stats) = apply_map_in_blocks(&q, &k, &v, 0.5, op, true, block).unwrap();
-                let diff = (&whole - split).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let (split, split_stats) =
+                    apply_map_in_blocks(&q, &k, &v, 0.5, op, true, block).unwrap();
+                let diff = (&whole - split)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
                 assert!(diff < 1e-6, "{op:?} block {block}: {diff}");
                 let (a, b) = (whole_stats.as_ref().unwrap(), split_stats.unwrap());
                 for (x, y) in a.entropy_sums.iter().zip(&b.entropy_sums) {

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use super::control::{AttentionCall, AttentionControl, Branch, BatchRole, StepInfo};
+use super::control::{AttentionCall, AttentionControl, BatchRole, Branch, StepInfo};
 use super::ops::{apply_per_item, MapOp};
 use super::site::{SiteInfo, SiteKind};
 use super::stats::{RecordMode, SiteStepStats};
@@ -31,7 +31,10 @@ pub struct PlanError {
 
 impl PlanError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -85,7 +88,10 @@ pub struct StepWindow {
 
 impl Default for StepWindow {
     fn default() -> Self {
-        Self { start: 0.0, end: 1.0 }
+        Self {
+            start: 0.0,
+            end: 1.0,
+        }
     }
 }
 
@@ -163,7 +169,10 @@ impl AttentionPlan {
                 if !stages.contains(&stage.as_str()) {
                     return Err(PlanError::new(
                         format!("{path}.sites.stage"),
-                        format!("unknown stage `{stage}`; this model has {}", stages.join(", ")),
+                        format!(
+                            "unknown stage `{stage}`; this model has {}",
+                            stages.join(", ")
+                        ),
                     ));
                 }
             }
@@ -181,9 +190,13 @@ impl AttentionPlan {
                     "entropy_rank ranks sites by an unmodified pass of the same job, and this run has none",
                 ));
             }
-            let matched: Vec<&SiteInfo> = sites.iter().filter(|site| selector.matches(site)).collect();
+            let matched: Vec<&SiteInfo> =
+                sites.iter().filter(|site| selector.matches(site)).collect();
             if matched.is_empty() {
-                return Err(PlanError::new(format!("{path}.sites"), "selects no attention site of this model"));
+                return Err(PlanError::new(
+                    format!("{path}.sites"),
+                    "selects no attention site of this model",
+                ));
             }
             if rule.op == MapOp::Identity {
                 if let Some(cross) = matched.iter().find(|site| site.kind == SiteKind::Cross) {
@@ -206,7 +219,10 @@ impl AttentionPlan {
                 pending_rank: selector.entropy_rank,
             });
         }
-        Ok(ValidatedPlan { record: self.record, rules })
+        Ok(ValidatedPlan {
+            record: self.record,
+            rules,
+        })
     }
 }
 
@@ -224,16 +240,23 @@ impl SiteSelector {
     /// Whether the site passes every present field except `entropy_rank` (which needs statistics).
     pub fn matches(&self, site: &SiteInfo) -> bool {
         self.kind.is_none_or(|kind| kind == site.kind)
-            && self.pattern.as_deref().is_none_or(|pattern| glob_matches(pattern, &site.id))
+            && self
+                .pattern
+                .as_deref()
+                .is_none_or(|pattern| glob_matches(pattern, &site.id))
             && self.ids.as_ref().is_none_or(|ids| ids.contains(&site.id))
-            && self.stage.as_deref().is_none_or(|stage| stage == site.stage)
+            && self
+                .stage
+                .as_deref()
+                .is_none_or(|stage| stage == site.stage)
     }
 }
 
 /// Glob matching where `*` matches any run of characters (dots included) and every other
 /// character matches itself.
 pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    let (pattern, text): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (pattern, text): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), text.chars().collect());
     let (mut p, mut t) = (0, 0);
     // Position after the last `*` seen and the text position it was tried at, for backtracking.
     let mut star: Option<(usize, usize)> = None;
@@ -292,7 +315,9 @@ impl ValidatedPlan {
             .iter()
             .rev()
             .find(|rule| {
-                rule.branch.includes(branch) && rule.window.contains(step) && rule.sites.contains(site_id)
+                rule.branch.includes(branch)
+                    && rule.window.contains(step)
+                    && rule.sites.contains(site_id)
             })
             .map(|rule| rule.op)
     }
@@ -308,10 +333,16 @@ impl ValidatedPlan {
     pub fn resolve_entropy_ranks(&self, records: &[SiteStepStats], num_steps: usize) -> Self {
         let mut resolved = self.clone();
         for rule in &mut resolved.rules {
-            let Some(rank) = rule.pending_rank.take() else { continue };
+            let Some(rank) = rule.pending_rank.take() else {
+                continue;
+            };
             let mut totals: HashMap<&str, (f64, usize)> = HashMap::new();
             for record in records.iter().filter(|record| record.head.is_none()) {
-                let step = StepInfo { index: record.step, num_steps, timestep: record.timestep };
+                let step = StepInfo {
+                    index: record.step,
+                    num_steps,
+                    timestep: record.timestep,
+                };
                 if rule.window.contains(&step) {
                     let total = totals.entry(record.site.as_str()).or_default();
                     total.0 += record.entropy;
@@ -321,7 +352,11 @@ impl ValidatedPlan {
             let mut ranked: Vec<(f64, &String)> = rule
                 .candidates
                 .iter()
-                .filter_map(|id| totals.get(id.as_str()).map(|(sum, n)| (sum / *n as f64, id)))
+                .filter_map(|id| {
+                    totals
+                        .get(id.as_str())
+                        .map(|(sum, n)| (sum / *n as f64, id))
+                })
                 .collect();
             let (count, descending) = match rank {
                 EntropyRank::Lowest(n) => (n, false),
@@ -329,9 +364,17 @@ impl ValidatedPlan {
             };
             ranked.sort_by(|a, b| {
                 let order = a.0.total_cmp(&b.0);
-                if descending { order.reverse() } else { order }
+                if descending {
+                    order.reverse()
+                } else {
+                    order
+                }
             });
-            rule.sites = ranked.into_iter().take(count).map(|(_, id)| id.clone()).collect();
+            rule.sites = ranked
+                .into_iter()
+                .take(count)
+                .map(|(_, id)| id.clone())
+                .collect();
         }
         resolved
     }
@@ -357,13 +400,20 @@ pub struct PlanController {
 impl PlanController {
     /// Fails when an `entropy_rank` has not been resolved yet.
     pub fn new(plan: ValidatedPlan) -> Result<Self, PlanError> {
-        if let Some(i) = plan.rules.iter().position(|rule| rule.pending_rank.is_some()) {
+        if let Some(i) = plan
+            .rules
+            .iter()
+            .position(|rule| rule.pending_rank.is_some())
+        {
             return Err(PlanError::new(
                 format!("{PLAN_FIELD}.rules[{i}].sites.entropy_rank"),
                 "entropy_rank has not been resolved from an unmodified pass",
             ));
         }
-        Ok(Self { plan, records: Vec::new() })
+        Ok(Self {
+            plan,
+            records: Vec::new(),
+        })
     }
 
     pub fn records(&self) -> &[SiteStepStats] {
@@ -385,15 +435,23 @@ impl AttentionControl for PlanController {
         if roles.len() != call.batch {
             candle_core::bail!("{} batch roles for a batch of {}", roles.len(), call.batch)
         }
-        let ops: Vec<Option<MapOp>> =
-            roles.iter().map(|role| self.plan.op_for(&call.site.id, step, role.branch)).collect();
+        let ops: Vec<Option<MapOp>> = roles
+            .iter()
+            .map(|role| self.plan.op_for(&call.site.id, step, role.branch))
+            .collect();
         let measure = self.plan.record != RecordMode::Off;
         if !measure && ops.iter().all(Option::is_none) {
             return Ok(None);
         }
         let (out, stats) = apply_per_item(call, |item| ops[item], measure)?;
         if let Some(stats) = stats {
-            self.records.extend(stats.summarize(call.site, step, roles, call.heads, self.plan.record)?);
+            self.records.extend(stats.summarize(
+                call.site,
+                step,
+                roles,
+                call.heads,
+                self.plan.record,
+            )?);
         }
         Ok(Some(out))
     }
@@ -426,12 +484,21 @@ fn parse_rule(value: &Value, path: &str) -> Result<PlanRule, PlanError> {
         None | Some(Value::Null) => return Err(PlanError::new(op_path, "is required")),
         Some(op) => parse_op(op, &op_path)?,
     };
-    Ok(PlanRule { sites, steps, branch, op })
+    Ok(PlanRule {
+        sites,
+        steps,
+        branch,
+        op,
+    })
 }
 
 fn parse_selector(value: &Value, path: &str) -> Result<SiteSelector, PlanError> {
     let selector = object(value, path)?;
-    reject_unknown(selector, &["kind", "match", "ids", "stage", "entropy_rank"], path)?;
+    reject_unknown(
+        selector,
+        &["kind", "match", "ids", "stage", "entropy_rank"],
+        path,
+    )?;
     let entropy_rank = match selector.get("entropy_rank") {
         None | Some(Value::Null) => None,
         Some(rank) => Some(parse_entropy_rank(rank, &format!("{path}.entropy_rank"))?),
@@ -453,10 +520,18 @@ fn parse_entropy_rank(value: &Value, path: &str) -> Result<EntropyRank, PlanErro
     let (rank, key) = match (lowest, highest) {
         (Some(n), None) => (EntropyRank::Lowest(n), "lowest"),
         (None, Some(n)) => (EntropyRank::Highest(n), "highest"),
-        _ => return Err(PlanError::new(path, "must be {\"lowest\": n} or {\"highest\": n}")),
+        _ => {
+            return Err(PlanError::new(
+                path,
+                "must be {\"lowest\": n} or {\"highest\": n}",
+            ))
+        }
     };
     if matches!(rank, EntropyRank::Lowest(0) | EntropyRank::Highest(0)) {
-        return Err(PlanError::new(format!("{path}.{key}"), "must be at least 1"));
+        return Err(PlanError::new(
+            format!("{path}.{key}"),
+            "must be at least 1",
+        ));
     }
     Ok(rank)
 }
@@ -468,13 +543,22 @@ fn parse_window(value: &Value, path: &str) -> Result<StepWindow, PlanError> {
     let start = parse_field(window, "start", path)?.unwrap_or(defaults.start);
     let end = parse_field(window, "end", path)?.unwrap_or(defaults.end);
     if !(0.0..=1.0).contains(&start) {
-        return Err(PlanError::new(format!("{path}.start"), "must be between 0 and 1"));
+        return Err(PlanError::new(
+            format!("{path}.start"),
+            "must be between 0 and 1",
+        ));
     }
     if !(0.0..=1.0).contains(&end) {
-        return Err(PlanError::new(format!("{path}.end"), "must be between 0 and 1"));
+        return Err(PlanError::new(
+            format!("{path}.end"),
+            "must be between 0 and 1",
+        ));
     }
     if end <= start {
-        return Err(PlanError::new(format!("{path}.end"), "must be greater than start"));
+        return Err(PlanError::new(
+            format!("{path}.end"),
+            "must be greater than start",
+        ));
     }
     Ok(StepWindow { start, end })
 }
@@ -482,7 +566,8 @@ fn parse_window(value: &Value, path: &str) -> Result<StepWindow, PlanError> {
 fn parse_op(value: &Value, path: &str) -> Result<MapOp, PlanError> {
     let op = object(value, path)?;
     let type_path = format!("{path}.type");
-    let kind: String = parse_field(op, "type", path)?.ok_or_else(|| PlanError::new(&type_path, "is required"))?;
+    let kind: String =
+        parse_field(op, "type", path)?.ok_or_else(|| PlanError::new(&type_path, "is required"))?;
     match kind.as_str() {
         "identity" => {
             reject_unknown(op, &["type"], path)?;
@@ -516,10 +601,16 @@ fn parse_op(value: &Value, path: &str) -> Result<MapOp, PlanError> {
 }
 
 fn object<'v>(value: &'v Value, path: &str) -> Result<&'v Map<String, Value>, PlanError> {
-    value.as_object().ok_or_else(|| PlanError::new(path, "must be an object"))
+    value
+        .as_object()
+        .ok_or_else(|| PlanError::new(path, "must be an object"))
 }
 
-fn reject_unknown(object: &Map<String, Value>, known: &[&str], path: &str) -> Result<(), PlanError> {
+fn reject_unknown(
+    object: &Map<String, Value>,
+    known: &[&str],
+    path: &str,
+) -> Result<(), PlanError> {
     match object.keys().find(|key| !known.contains(&key.as_str())) {
         Some(key) => Err(PlanError::new(
             format!("{path}.{key}"),
@@ -544,7 +635,8 @@ fn parse_field<T: DeserializeOwned>(
 }
 
 fn required_number(object: &Map<String, Value>, key: &str, path: &str) -> Result<f64, PlanError> {
-    parse_field(object, key, path)?.ok_or_else(|| PlanError::new(format!("{path}.{key}"), "is required"))
+    parse_field(object, key, path)?
+        .ok_or_else(|| PlanError::new(format!("{path}.{key}"), "is required"))
 }
 
 #[cfg(test)]
@@ -556,12 +648,36 @@ mod tests {
 
     fn sites() -> Vec<SiteInfo> {
         vec![
-            SiteInfo::new("transformer_in.transformer_blocks.0.attn1", SiteKind::Temporal, "in"),
-            SiteInfo::new("down_blocks.0.attentions.0.transformer_blocks.0.attn1", SiteKind::Spatial, "down.0"),
-            SiteInfo::new("down_blocks.0.attentions.0.transformer_blocks.0.attn2", SiteKind::Cross, "down.0"),
-            SiteInfo::new("down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1", SiteKind::Temporal, "down.0"),
-            SiteInfo::new("mid_block.attentions.0.transformer_blocks.0.attn1", SiteKind::Spatial, "mid"),
-            SiteInfo::new("mid_block.attentions.0.transformer_blocks.0.attn2", SiteKind::Cross, "mid"),
+            SiteInfo::new(
+                "transformer_in.transformer_blocks.0.attn1",
+                SiteKind::Temporal,
+                "in",
+            ),
+            SiteInfo::new(
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+                SiteKind::Spatial,
+                "down.0",
+            ),
+            SiteInfo::new(
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn2",
+                SiteKind::Cross,
+                "down.0",
+            ),
+            SiteInfo::new(
+                "down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1",
+                SiteKind::Temporal,
+                "down.0",
+            ),
+            SiteInfo::new(
+                "mid_block.attentions.0.transformer_blocks.0.attn1",
+                SiteKind::Spatial,
+                "mid",
+            ),
+            SiteInfo::new(
+                "mid_block.attentions.0.transformer_blocks.0.attn2",
+                SiteKind::Cross,
+                "mid",
+            ),
         ]
     }
 
@@ -578,7 +694,11 @@ mod tests {
     }
 
     fn step(index: usize, num_steps: usize) -> StepInfo {
-        StepInfo { index, num_steps, timestep: 0.0 }
+        StepInfo {
+            index,
+            num_steps,
+            timestep: 0.0,
+        }
     }
 
     #[test]
@@ -593,11 +713,21 @@ mod tests {
         assert_eq!(plan.record, RecordMode::PerHead);
         assert_eq!(plan.rules[0].op, MapOp::MixUniform { lambda: 0.3 });
         assert_eq!(plan.rules[0].branch, BranchSelector::Cond);
-        assert_eq!(plan.rules[1].steps, StepWindow { start: 0.0, end: 1.0 });
-        assert_eq!(plan.rules[2].sites.entropy_rank, Some(EntropyRank::Lowest(2)));
+        assert_eq!(
+            plan.rules[1].steps,
+            StepWindow {
+                start: 0.0,
+                end: 1.0
+            }
+        );
+        assert_eq!(
+            plan.rules[2].sites.entropy_rank,
+            Some(EntropyRank::Lowest(2))
+        );
         let again = parse(serde_json::to_value(&plan).unwrap()).unwrap();
         assert_eq!(again, plan);
-        let via_serde: AttentionPlan = serde_json::from_value(serde_json::to_value(&plan).unwrap()).unwrap();
+        let via_serde: AttentionPlan =
+            serde_json::from_value(serde_json::to_value(&plan).unwrap()).unwrap();
         assert_eq!(via_serde, plan);
         assert_eq!(parse(json!({})).unwrap(), AttentionPlan::default());
     }
@@ -605,83 +735,176 @@ mod tests {
     #[test]
     fn errors_carry_field_paths() {
         let op = |op: serde_json::Value| json!({"rules": [{"sites": {"kind": "spatial"}, "op": {"type": "uniform"}}, {"sites": {"kind": "spatial"}, "op": op}]});
-        assert_eq!(error_field(parse(op(json!({"type": "temperature", "tau": 0.0})))), "attention.rules[1].op.tau");
-        assert_eq!(error_field(parse(op(json!({"type": "temperature", "tau": -2})))), "attention.rules[1].op.tau");
-        assert_eq!(error_field(parse(op(json!({"type": "temperature"})))), "attention.rules[1].op.tau");
-        assert_eq!(error_field(parse(op(json!({"type": "mix_uniform", "lambda": 1.5})))), "attention.rules[1].op.lambda");
-        assert_eq!(error_field(parse(op(json!({"type": "mix_uniform", "lambda": "a"})))), "attention.rules[1].op.lambda");
-        assert_eq!(error_field(parse(op(json!({"type": "inject"})))), "attention.rules[1].op.type");
-        assert_eq!(error_field(parse(op(json!({"type": "uniform", "lambda": 0.2})))), "attention.rules[1].op.lambda");
-        assert_eq!(error_field(parse(op(json!("uniform")))), "attention.rules[1].op");
-        assert_eq!(error_field(parse(json!({"rules": [], "extra": 1}))), "attention.extra");
-        assert_eq!(error_field(parse(json!({"record": "all"}))), "attention.record");
+        assert_eq!(
+            error_field(parse(op(json!({"type": "temperature", "tau": 0.0})))),
+            "attention.rules[1].op.tau"
+        );
+        assert_eq!(
+            error_field(parse(op(json!({"type": "temperature", "tau": -2})))),
+            "attention.rules[1].op.tau"
+        );
+        assert_eq!(
+            error_field(parse(op(json!({"type": "temperature"})))),
+            "attention.rules[1].op.tau"
+        );
+        assert_eq!(
+            error_field(parse(op(json!({"type": "mix_uniform", "lambda": 1.5})))),
+            "attention.rules[1].op.lambda"
+        );
+        assert_eq!(
+            error_field(parse(op(json!({"type": "mix_uniform", "lambda": "a"})))),
+            "attention.rules[1].op.lambda"
+        );
+        assert_eq!(
+            error_field(parse(op(json!({"type": "inject"})))),
+            "attention.rules[1].op.type"
+        );
+        assert_eq!(
+            error_field(parse(op(json!({"type": "uniform", "lambda": 0.2})))),
+            "attention.rules[1].op.lambda"
+        );
+        assert_eq!(
+            error_field(parse(op(json!("uniform")))),
+            "attention.rules[1].op"
+        );
+        assert_eq!(
+            error_field(parse(json!({"rules": [], "extra": 1}))),
+            "attention.extra"
+        );
+        assert_eq!(
+            error_field(parse(json!({"record": "all"}))),
+            "attention.record"
+        );
         assert_eq!(error_field(parse(json!({"rules": {}}))), "attention.rules");
         assert_eq!(
-            error_field(parse(json!({"rules": [{"sites": {"kind": "spatial"}, "op": {"type": "uniform"}, "when": 1}]}))),
+            error_field(parse(
+                json!({"rules": [{"sites": {"kind": "spatial"}, "op": {"type": "uniform"}, "when": 1}]})
+            )),
             "attention.rules[0].when"
         );
         assert_eq!(
-            error_field(parse(json!({"rules": [{"sites": {"kind": "attn"}, "op": {"type": "uniform"}}]}))),
+            error_field(parse(
+                json!({"rules": [{"sites": {"kind": "attn"}, "op": {"type": "uniform"}}]})
+            )),
             "attention.rules[0].sites.kind"
         );
         assert_eq!(
-            error_field(parse(json!({"rules": [{"sites": {"layer": 1}, "op": {"type": "uniform"}}]}))),
+            error_field(parse(
+                json!({"rules": [{"sites": {"layer": 1}, "op": {"type": "uniform"}}]})
+            )),
             "attention.rules[0].sites.layer"
         );
-        assert_eq!(error_field(parse(json!({"rules": [{"op": {"type": "uniform"}}]}))), "attention.rules[0].sites");
-        assert_eq!(error_field(parse(json!({"rules": [{"sites": {}}]}))), "attention.rules[0].op");
         assert_eq!(
-            error_field(parse(json!({"rules": [{"sites": {}, "steps": {"start": 0.5, "end": 0.5}, "op": {"type": "uniform"}}]}))),
+            error_field(parse(json!({"rules": [{"op": {"type": "uniform"}}]}))),
+            "attention.rules[0].sites"
+        );
+        assert_eq!(
+            error_field(parse(json!({"rules": [{"sites": {}}]}))),
+            "attention.rules[0].op"
+        );
+        assert_eq!(
+            error_field(parse(
+                json!({"rules": [{"sites": {}, "steps": {"start": 0.5, "end": 0.5}, "op": {"type": "uniform"}}]})
+            )),
             "attention.rules[0].steps.end"
         );
         assert_eq!(
-            error_field(parse(json!({"rules": [{"sites": {}, "steps": {"start": -0.1}, "op": {"type": "uniform"}}]}))),
+            error_field(parse(
+                json!({"rules": [{"sites": {}, "steps": {"start": -0.1}, "op": {"type": "uniform"}}]})
+            )),
             "attention.rules[0].steps.start"
         );
         assert_eq!(
-            error_field(parse(json!({"rules": [{"sites": {}, "branch": "both_halves", "op": {"type": "uniform"}}]}))),
+            error_field(parse(
+                json!({"rules": [{"sites": {}, "branch": "both_halves", "op": {"type": "uniform"}}]})
+            )),
             "attention.rules[0].branch"
         );
         assert_eq!(
-            error_field(parse(json!({"rules": [{"sites": {"entropy_rank": {"lowest": 0}}, "op": {"type": "uniform"}}]}))),
+            error_field(parse(
+                json!({"rules": [{"sites": {"entropy_rank": {"lowest": 0}}, "op": {"type": "uniform"}}]})
+            )),
             "attention.rules[0].sites.entropy_rank.lowest"
         );
         let err = parse(op(json!({"type": "temperature", "tau": 0}))).unwrap_err();
-        assert!(err.to_string().starts_with("attention.rules[1].op.tau: "), "{err}");
+        assert!(
+            err.to_string().starts_with("attention.rules[1].op.tau: "),
+            "{err}"
+        );
     }
 
     #[test]
     fn validation_checks_sites_and_operators() {
         let rule = |sites: serde_json::Value, op: serde_json::Value| json!({"rules": [{"sites": sites, "op": op}]});
         let uniform = json!({"type": "uniform"});
-        assert_eq!(error_field(validate(rule(json!({"match": "up_blocks.*"}), uniform.clone()))), "attention.rules[0].sites");
         assert_eq!(
-            error_field(validate(rule(json!({"kind": "cross", "stage": "in"}), uniform.clone()))),
+            error_field(validate(rule(
+                json!({"match": "up_blocks.*"}),
+                uniform.clone()
+            ))),
             "attention.rules[0].sites"
         );
-        assert_eq!(error_field(validate(rule(json!({"stage": "down.7"}), uniform.clone()))), "attention.rules[0].sites.stage");
         assert_eq!(
-            error_field(validate(rule(json!({"ids": ["mid_block.attentions.0.transformer_blocks.0.attn1", "nope"]}), uniform.clone()))),
+            error_field(validate(rule(
+                json!({"kind": "cross", "stage": "in"}),
+                uniform.clone()
+            ))),
+            "attention.rules[0].sites"
+        );
+        assert_eq!(
+            error_field(validate(rule(json!({"stage": "down.7"}), uniform.clone()))),
+            "attention.rules[0].sites.stage"
+        );
+        assert_eq!(
+            error_field(validate(rule(
+                json!({"ids": ["mid_block.attentions.0.transformer_blocks.0.attn1", "nope"]}),
+                uniform.clone()
+            ))),
             "attention.rules[0].sites.ids[1]"
         );
         assert_eq!(
-            error_field(validate(rule(json!({"stage": "mid"}), json!({"type": "identity"})))),
+            error_field(validate(rule(
+                json!({"stage": "mid"}),
+                json!({"type": "identity"})
+            ))),
             "attention.rules[0].op"
         );
         assert_eq!(
-            error_field(validate(rule(json!({"entropy_rank": {"highest": 1}}), uniform.clone()))),
+            error_field(validate(rule(
+                json!({"entropy_rank": {"highest": 1}}),
+                uniform.clone()
+            ))),
             "attention.rules[0].sites.entropy_rank"
         );
-        validate(rule(json!({"stage": "mid", "kind": "spatial"}), json!({"type": "identity"}))).unwrap();
+        validate(rule(
+            json!({"stage": "mid", "kind": "spatial"}),
+            json!({"type": "identity"}),
+        ))
+        .unwrap();
     }
 
     #[test]
     fn glob_star_spans_dots() {
-        assert!(glob_matches("down_blocks.*", "down_blocks.0.attentions.0.transformer_blocks.0.attn1"));
-        assert!(glob_matches("*attn2", "mid_block.attentions.0.transformer_blocks.0.attn2"));
-        assert!(glob_matches("*.temp_attentions.*.attn1", "up_blocks.1.temp_attentions.2.transformer_blocks.0.attn1"));
-        assert!(!glob_matches("*.temp_attentions.*.attn1", "up_blocks.1.attentions.2.transformer_blocks.0.attn1"));
-        assert!(!glob_matches("down_blocks.1*", "down_blocks.0.attentions.0"));
+        assert!(glob_matches(
+            "down_blocks.*",
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+        ));
+        assert!(glob_matches(
+            "*attn2",
+            "mid_block.attentions.0.transformer_blocks.0.attn2"
+        ));
+        assert!(glob_matches(
+            "*.temp_attentions.*.attn1",
+            "up_blocks.1.temp_attentions.2.transformer_blocks.0.attn1"
+        ));
+        assert!(!glob_matches(
+            "*.temp_attentions.*.attn1",
+            "up_blocks.1.attentions.2.transformer_blocks.0.attn1"
+        ));
+        assert!(!glob_matches(
+            "down_blocks.1*",
+            "down_blocks.0.attentions.0"
+        ));
         assert!(glob_matches("a*b*c", "aXbYbZc"));
         assert!(glob_matches("exact", "exact"));
         assert!(!glob_matches("exact", "exactly"));
@@ -697,20 +920,41 @@ mod tests {
         let mid = "mid_block.attentions.0.transformer_blocks.0.attn1";
         let down = "down_blocks.0.attentions.0.transformer_blocks.0.attn1";
         let mid_cross = "mid_block.attentions.0.transformer_blocks.0.attn2";
-        assert_eq!(plan.op_for(mid, &step(0, 4), Branch::Cond), Some(MapOp::Temperature { tau: 2.0 }));
-        assert_eq!(plan.op_for(mid, &step(0, 4), Branch::Uncond), Some(MapOp::Uniform));
-        assert_eq!(plan.op_for(mid, &step(2, 4), Branch::Cond), Some(MapOp::Uniform));
-        assert_eq!(plan.op_for(down, &step(1, 4), Branch::Cond), Some(MapOp::Uniform));
+        assert_eq!(
+            plan.op_for(mid, &step(0, 4), Branch::Cond),
+            Some(MapOp::Temperature { tau: 2.0 })
+        );
+        assert_eq!(
+            plan.op_for(mid, &step(0, 4), Branch::Uncond),
+            Some(MapOp::Uniform)
+        );
+        assert_eq!(
+            plan.op_for(mid, &step(2, 4), Branch::Cond),
+            Some(MapOp::Uniform)
+        );
+        assert_eq!(
+            plan.op_for(down, &step(1, 4), Branch::Cond),
+            Some(MapOp::Uniform)
+        );
         assert_eq!(plan.op_for(mid_cross, &step(3, 4), Branch::Cond), None);
-        assert_eq!(plan.op_for(mid_cross, &step(1, 4), Branch::Cond), Some(MapOp::Temperature { tau: 2.0 }));
+        assert_eq!(
+            plan.op_for(mid_cross, &step(1, 4), Branch::Cond),
+            Some(MapOp::Temperature { tau: 2.0 })
+        );
         let debug = plan.ignoring_steps_and_branch();
-        assert_eq!(debug.op_for(mid, &step(3, 4), Branch::Uncond), Some(MapOp::Temperature { tau: 2.0 }));
+        assert_eq!(
+            debug.op_for(mid, &step(3, 4), Branch::Uncond),
+            Some(MapOp::Temperature { tau: 2.0 })
+        );
     }
 
     #[test]
     fn entropy_rank_resolves_from_unmodified_pass() {
         let value = json!({"rules": [{"sites": {"kind": "spatial", "entropy_rank": {"lowest": 1}}, "steps": {"end": 0.5}, "op": {"type": "uniform"}}]});
-        let plan = parse(value).unwrap().validate(&sites(), EntropyRankSupport::Deferred).unwrap();
+        let plan = parse(value)
+            .unwrap()
+            .validate(&sites(), EntropyRankSupport::Deferred)
+            .unwrap();
         assert!(plan.needs_entropy_ranking());
         assert!(PlanController::new(plan.clone()).is_err());
         let record = |site: &str, step: usize, entropy: f64| SiteStepStats {
@@ -727,17 +971,31 @@ mod tests {
         let down = "down_blocks.0.attentions.0.transformer_blocks.0.attn1";
         let mid = "mid_block.attentions.0.transformer_blocks.0.attn1";
         // Within the window (steps 0 and 1 of 4) mid has the lower mean; outside it down does.
-        let records = [record(down, 0, 2.0), record(down, 1, 2.0), record(mid, 0, 1.0), record(mid, 1, 1.5), record(mid, 3, 9.0), record(down, 3, 0.0)];
+        let records = [
+            record(down, 0, 2.0),
+            record(down, 1, 2.0),
+            record(mid, 0, 1.0),
+            record(mid, 1, 1.5),
+            record(mid, 3, 9.0),
+            record(down, 3, 0.0),
+        ];
         let resolved = plan.resolve_entropy_ranks(&records, 4);
         assert!(!resolved.needs_entropy_ranking());
-        assert_eq!(resolved.op_for(mid, &step(0, 4), Branch::Cond), Some(MapOp::Uniform));
+        assert_eq!(
+            resolved.op_for(mid, &step(0, 4), Branch::Cond),
+            Some(MapOp::Uniform)
+        );
         assert_eq!(resolved.op_for(down, &step(0, 4), Branch::Cond), None);
         PlanController::new(resolved).unwrap();
     }
 
     #[test]
     fn controller_applies_operators_per_branch_and_records() {
-        let site = SiteInfo::new("down_blocks.0.attentions.0.transformer_blocks.0.attn1", SiteKind::Spatial, "down.0");
+        let site = SiteInfo::new(
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+            SiteKind::Spatial,
+            "down.0",
+        );
         let plan = AttentionPlan::from_json(&json!({"rules": [{"sites": {"kind": "spatial"}, "branch": "uncond", "op": {"type": "identity"}}]}))
             .unwrap()
             .validate(&[site.clone()], EntropyRankSupport::Refused)
@@ -748,12 +1006,29 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (4, 3, 2), &device).unwrap();
         let k = Tensor::randn(0f32, 1.0, (4, 3, 2), &device).unwrap();
         let v = Tensor::randn(0f32, 1.0, (4, 3, 2), &device).unwrap();
-        let call = AttentionCall { site: &site, q: &q, k: &k, v: &v, heads: 2, batch: 2, scale: 0.7 };
+        let call = AttentionCall {
+            site: &site,
+            q: &q,
+            k: &k,
+            v: &v,
+            heads: 2,
+            batch: 2,
+            scale: 0.7,
+        };
         let roles = [BatchRole::MAIN_UNCOND, BatchRole::MAIN_COND];
-        let out = controller.attend(&step(0, 1), &roles, &call).unwrap().unwrap();
+        let out = controller
+            .attend(&step(0, 1), &roles, &call)
+            .unwrap()
+            .unwrap();
         let default = crate::attention::default_attention(&q, &k, &v, 0.7).unwrap();
-        assert_eq!(out.narrow(0, 0, 2).unwrap().to_vec3::<f32>().unwrap(), v.narrow(0, 0, 2).unwrap().to_vec3::<f32>().unwrap());
-        assert_eq!(out.narrow(0, 2, 2).unwrap().to_vec3::<f32>().unwrap(), default.narrow(0, 2, 2).unwrap().to_vec3::<f32>().unwrap());
+        assert_eq!(
+            out.narrow(0, 0, 2).unwrap().to_vec3::<f32>().unwrap(),
+            v.narrow(0, 0, 2).unwrap().to_vec3::<f32>().unwrap()
+        );
+        assert_eq!(
+            out.narrow(0, 2, 2).unwrap().to_vec3::<f32>().unwrap(),
+            default.narrow(0, 2, 2).unwrap().to_vec3::<f32>().unwrap()
+        );
         let records = controller.into_records();
         assert_eq!(records.len(), 1);
         // Half the rows are identity (entropy 0): the mean is half the default rows' mean.

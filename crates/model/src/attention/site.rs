@@ -46,6 +46,10 @@ pub struct SiteInfo {
 
 impl SiteInfo {
     pub fn new(id: impl Into<String>, kind: SiteKind, stage: impl Into<String>) -> Self {
-        Self { id: id.into(), kind, stage: stage.into() }
+        Self {
+            id: id.into(),
+            kind,
+            stage: stage.into(),
+        }
     }
 }

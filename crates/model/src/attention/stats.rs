@@ -58,10 +58,23 @@ impl MapStats {
     pub(crate) fn new(entropy_sums: Vec<f64>, out: &Tensor, keys: usize) -> Result<Self> {
         let (rows, queries, _) = out.dims3()?;
         if entropy_sums.len() != rows {
-            candle_core::bail!("{} entropy sums for {rows} attention rows", entropy_sums.len())
+            candle_core::bail!(
+                "{} entropy sums for {rows} attention rows",
+                entropy_sums.len()
+            )
         }
-        let energies = out.to_dtype(DType::F64)?.sqr()?.flatten_from(1)?.sum(D::Minus1)?.to_vec1()?;
-        Ok(Self { entropy_sums, energies, queries, keys })
+        let energies = out
+            .to_dtype(DType::F64)?
+            .sqr()?
+            .flatten_from(1)?
+            .sum(D::Minus1)?
+            .to_vec1()?;
+        Ok(Self {
+            entropy_sums,
+            energies,
+            queries,
+            keys,
+        })
     }
 
     /// Statistics of a map whose every query row has the same entropy (identity, uniform).
@@ -73,7 +86,9 @@ impl MapStats {
     /// Joins the statistics of consecutive row ranges of one call.
     pub(crate) fn concat(parts: Vec<MapStats>) -> Result<Self> {
         let mut parts = parts.into_iter();
-        let Some(mut all) = parts.next() else { candle_core::bail!("no attention statistics to join") };
+        let Some(mut all) = parts.next() else {
+            candle_core::bail!("no attention statistics to join")
+        };
         for part in parts {
             if part.queries != all.queries || part.keys != all.keys {
                 candle_core::bail!("joining statistics of differently shaped attention maps")
@@ -100,7 +115,9 @@ impl MapStats {
         let rows = self.entropy_sums.len();
         let batch = roles.len();
         if batch == 0 || heads == 0 || rows % (batch * heads) != 0 {
-            candle_core::bail!("{rows} attention rows do not split into {batch} batch rows x {heads} heads")
+            candle_core::bail!(
+                "{rows} attention rows do not split into {batch} batch rows x {heads} heads"
+            )
         }
         let rows_per_item = rows / batch;
         let mut runs: Vec<RunRole> = Vec::new();
@@ -162,7 +179,10 @@ pub struct StatsRecorder {
 
 impl StatsRecorder {
     pub fn new(mode: RecordMode) -> Self {
-        Self { mode, records: Vec::new() }
+        Self {
+            mode,
+            records: Vec::new(),
+        }
     }
 
     pub fn records(&self) -> &[SiteStepStats] {
@@ -186,7 +206,8 @@ impl AttentionControl for StatsRecorder {
         }
         let (out, stats) = apply_per_item(call, |_| None, true)?;
         if let Some(stats) = stats {
-            self.records.extend(stats.summarize(call.site, step, roles, call.heads, self.mode)?);
+            self.records
+                .extend(stats.summarize(call.site, step, roles, call.heads, self.mode)?);
         }
         Ok(Some(out))
     }
@@ -199,22 +220,40 @@ mod tests {
 
     fn stats() -> MapStats {
         // 2 batch items × 1 group × 2 heads, 2 queries, 4 keys.
-        MapStats { entropy_sums: vec![1.0, 2.0, 3.0, 4.0], energies: vec![10.0, 20.0, 30.0, 40.0], queries: 2, keys: 4 }
+        MapStats {
+            entropy_sums: vec![1.0, 2.0, 3.0, 4.0],
+            energies: vec![10.0, 20.0, 30.0, 40.0],
+            queries: 2,
+            keys: 4,
+        }
     }
 
     fn site() -> SiteInfo {
-        SiteInfo::new("mid_block.attentions.0.transformer_blocks.0.attn1", SiteKind::Spatial, "mid")
+        SiteInfo::new(
+            "mid_block.attentions.0.transformer_blocks.0.attn1",
+            SiteKind::Spatial,
+            "mid",
+        )
     }
 
-    const STEP: StepInfo = StepInfo { index: 3, num_steps: 10, timestep: 700.0 };
+    const STEP: StepInfo = StepInfo {
+        index: 3,
+        num_steps: 10,
+        timestep: 700.0,
+    };
 
     #[test]
     fn one_summary_pools_both_guidance_halves() {
         let roles = [BatchRole::MAIN_UNCOND, BatchRole::MAIN_COND];
-        let records = stats().summarize(&site(), &STEP, &roles, 2, RecordMode::Summary).unwrap();
+        let records = stats()
+            .summarize(&site(), &STEP, &roles, 2, RecordMode::Summary)
+            .unwrap();
         assert_eq!(records.len(), 1);
         let record = &records[0];
-        assert_eq!((record.run, record.step, record.timestep, record.head), (RunRole::Main, 3, 700.0, None));
+        assert_eq!(
+            (record.run, record.step, record.timestep, record.head),
+            (RunRole::Main, 3, 700.0, None)
+        );
         assert!((record.entropy - 10.0 / 8.0).abs() < 1e-12);
         assert!((record.entropy_normalized - 10.0 / 8.0 / 4f64.ln()).abs() < 1e-12);
         assert_eq!(record.energy, 100.0);
@@ -223,12 +262,22 @@ mod tests {
     #[test]
     fn runs_and_heads_get_their_own_records() {
         let roles = [
-            BatchRole { branch: Branch::Cond, run: RunRole::Source },
-            BatchRole { branch: Branch::Cond, run: RunRole::Target },
+            BatchRole {
+                branch: Branch::Cond,
+                run: RunRole::Source,
+            },
+            BatchRole {
+                branch: Branch::Cond,
+                run: RunRole::Target,
+            },
         ];
-        let records = stats().summarize(&site(), &STEP, &roles, 2, RecordMode::PerHead).unwrap();
-        let brief: Vec<(RunRole, Option<usize>, f64, f64)> =
-            records.iter().map(|r| (r.run, r.head, r.entropy, r.energy)).collect();
+        let records = stats()
+            .summarize(&site(), &STEP, &roles, 2, RecordMode::PerHead)
+            .unwrap();
+        let brief: Vec<(RunRole, Option<usize>, f64, f64)> = records
+            .iter()
+            .map(|r| (r.run, r.head, r.entropy, r.energy))
+            .collect();
         assert_eq!(
             brief,
             vec![
@@ -240,8 +289,13 @@ mod tests {
                 (RunRole::Target, Some(1), 2.0, 40.0),
             ]
         );
-        assert!(stats().summarize(&site(), &STEP, &roles, 2, RecordMode::Off).unwrap().is_empty());
-        assert!(stats().summarize(&site(), &STEP, &roles, 3, RecordMode::Summary).is_err());
+        assert!(stats()
+            .summarize(&site(), &STEP, &roles, 2, RecordMode::Off)
+            .unwrap()
+            .is_empty());
+        assert!(stats()
+            .summarize(&site(), &STEP, &roles, 3, RecordMode::Summary)
+            .is_err());
     }
 
     #[test]
@@ -256,13 +310,21 @@ mod tests {
         let mut stats = stats();
         stats.entropy_sums.truncate(2);
         stats.energies.truncate(2);
-        let records = stats.summarize(&site(), &STEP, &roles, 2, RecordMode::PerHead).unwrap();
+        let records = stats
+            .summarize(&site(), &STEP, &roles, 2, RecordMode::PerHead)
+            .unwrap();
         let json = serde_json::to_value(&records[1]).unwrap();
         assert_eq!(json["run"], "main");
         assert_eq!(json["kind"], "spatial");
         assert_eq!(json["head"], 0);
-        assert!(serde_json::to_value(&records[0]).unwrap().get("head").is_none());
+        assert!(serde_json::to_value(&records[0])
+            .unwrap()
+            .get("head")
+            .is_none());
         assert_eq!(serde_json::to_value(RecordMode::Off).unwrap(), "none");
-        assert_eq!(serde_json::from_str::<RecordMode>("\"per_head\"").unwrap(), RecordMode::PerHead);
+        assert_eq!(
+            serde_json::from_str::<RecordMode>("\"per_head\"").unwrap(),
+            RecordMode::PerHead
+        );
     }
 }

@@ -38,7 +38,11 @@ pub fn video_to_images(video: &Video, device: &Device) -> Result<Tensor> {
     if video.frames.is_empty() {
         candle_core::bail!("the video has no frames");
     }
-    if let Some(index) = video.frames.iter().position(|frame| frame.len() != frame_len) {
+    if let Some(index) = video
+        .frames
+        .iter()
+        .position(|frame| frame.len() != frame_len)
+    {
         candle_core::bail!(
             "frame {index} has {} bytes, expected {frame_len} for {}x{}",
             video.frames[index].len(),
@@ -47,9 +51,13 @@ pub fn video_to_images(video: &Video, device: &Device) -> Result<Tensor> {
         );
     }
     let bytes: Vec<u8> = video.frames.concat();
-    let images = Tensor::from_vec(bytes, (video.frames.len(), video.height, video.width, 3), device)?
-        .permute((0, 3, 1, 2))?
-        .to_dtype(DType::F32)?;
+    let images = Tensor::from_vec(
+        bytes,
+        (video.frames.len(), video.height, video.width, 3),
+        device,
+    )?
+    .permute((0, 3, 1, 2))?
+    .to_dtype(DType::F32)?;
     (images / 127.5)? - 1.0
 }
 
@@ -60,7 +68,11 @@ mod tests {
     #[test]
     fn frames_clamp_scale_round_and_interleave() {
         // One 1×2 frame: pixel 0 = (-1, 0, 1), pixel 1 = (2, -3, -0.5).
-        let images = Tensor::new(&[[[[-1f32, 2.0]], [[0.0, -3.0]], [[1.0, -0.5]]]], &Device::Cpu).unwrap();
+        let images = Tensor::new(
+            &[[[[-1f32, 2.0]], [[0.0, -3.0]], [[1.0, -0.5]]]],
+            &Device::Cpu,
+        )
+        .unwrap();
         let video = rgb_frames(&images).unwrap();
         assert_eq!((video.width, video.height), (2, 1));
         // 0 → 127.5 → 128 (the even neighbour); -0.5 → 63.75 → 64; out-of-range values clamp.

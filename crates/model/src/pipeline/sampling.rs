@@ -106,10 +106,22 @@ pub fn denoise(
     on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
 ) -> Result<Tensor, ModelError> {
     let timesteps = scheduler.timesteps(num_inference_steps)?;
-    run_steps(Stage::Denoising, &timesteps, latents, control, on_progress, |latents, step, control| {
-        let output = guidance.predict(denoiser, latents, step, control)?;
-        scheduler.step(&output, step.timestep as usize, latents, num_inference_steps)
-    })
+    run_steps(
+        Stage::Denoising,
+        &timesteps,
+        latents,
+        control,
+        on_progress,
+        |latents, step, control| {
+            let output = guidance.predict(denoiser, latents, step, control)?;
+            scheduler.step(
+                &output,
+                step.timestep as usize,
+                latents,
+                num_inference_steps,
+            )
+        },
+    )
 }
 
 /// DDIM inversion: walks clean latents [1, C, F, h, w] (f32) up the inversion schedule of
@@ -125,10 +137,22 @@ pub fn invert(
     on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
 ) -> Result<Tensor, ModelError> {
     let timesteps = scheduler.inverse_timesteps(num_inference_steps)?;
-    run_steps(Stage::Inverting, &timesteps, latents, control, on_progress, |latents, step, control| {
-        let output = guidance.predict(denoiser, latents, step, control)?;
-        scheduler.inverse_step(&output, step.timestep as usize, latents, num_inference_steps)
-    })
+    run_steps(
+        Stage::Inverting,
+        &timesteps,
+        latents,
+        control,
+        on_progress,
+        |latents, step, control| {
+            let output = guidance.predict(denoiser, latents, step, control)?;
+            scheduler.inverse_step(
+                &output,
+                step.timestep as usize,
+                latents,
+                num_inference_steps,
+            )
+        },
+    )
 }
 
 /// The loop shared by denoising and inversion: one update per timestep, progress after each.
@@ -138,7 +162,11 @@ fn run_steps(
     mut latents: Tensor,
     mut control: Option<&mut dyn AttentionControl>,
     on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
-    mut update: impl FnMut(&Tensor, StepInfo, Option<&mut dyn AttentionControl>) -> Result<Tensor, ModelError>,
+    mut update: impl FnMut(
+        &Tensor,
+        StepInfo,
+        Option<&mut dyn AttentionControl>,
+    ) -> Result<Tensor, ModelError>,
 ) -> Result<Tensor, ModelError> {
     let total_steps = timesteps.len();
     for (index, &timestep) in timesteps.iter().enumerate() {
@@ -147,7 +175,9 @@ fn run_steps(
             num_steps: total_steps,
             timestep: timestep as f64,
         };
-        let control = control.as_mut().map(|control| &mut **control as &mut dyn AttentionControl);
+        let control = control
+            .as_mut()
+            .map(|control| &mut **control as &mut dyn AttentionControl);
         latents = update(&latents, step, control)?;
         let progress = Progress {
             stage,
@@ -254,7 +284,10 @@ mod tests {
             timestep: 1.0,
         };
         let out = guidance.predict(&denoiser, &latents, step, None).unwrap();
-        assert_eq!(out.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0, 1.0]);
+        assert_eq!(
+            out.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![1.0, 1.0]
+        );
         assert_eq!(denoiser.calls.borrow()[0].1, vec![BatchRole::MAIN_COND]);
     }
 
@@ -266,14 +299,24 @@ mod tests {
         let guidance = Guidance::new(&cond, &uncond, 7.5).unwrap();
         let latents = Tensor::full(0.5f32, (1, 1, 2, 1, 1), &Device::Cpu).unwrap();
         let mut seen = Vec::new();
-        let out = denoise(&denoiser, &scheduler, latents.clone(), &guidance, 5, None, &mut |p| {
-            seen.push(p);
-            ControlFlow::Continue(())
-        })
+        let out = denoise(
+            &denoiser,
+            &scheduler,
+            latents.clone(),
+            &guidance,
+            5,
+            None,
+            &mut |p| {
+                seen.push(p);
+                ControlFlow::Continue(())
+            },
+        )
         .unwrap();
         let steps: Vec<usize> = seen.iter().map(|p| p.step).collect();
         assert_eq!(steps, vec![1, 2, 3, 4, 5]);
-        assert!(seen.iter().all(|p| p.stage == Stage::Denoising && p.total_steps == 5));
+        assert!(seen
+            .iter()
+            .all(|p| p.stage == Stage::Denoising && p.total_steps == 5));
         let timesteps: Vec<f32> = denoiser.calls.borrow().iter().map(|c| c.0[0]).collect();
         assert_eq!(timesteps, vec![801.0, 601.0, 401.0, 201.0, 1.0]);
 
@@ -298,13 +341,21 @@ mod tests {
         let (cond, uncond) = texts();
         let guidance = Guidance::new(&cond, &uncond, 9.0).unwrap();
         let latents = Tensor::zeros((1, 1, 1, 1, 1), DType::F32, &Device::Cpu).unwrap();
-        let result = denoise(&denoiser, &scheduler(), latents, &guidance, 4, None, &mut |p| {
-            if p.step == 2 {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        });
+        let result = denoise(
+            &denoiser,
+            &scheduler(),
+            latents,
+            &guidance,
+            4,
+            None,
+            &mut |p| {
+                if p.step == 2 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        );
         assert!(matches!(result, Err(ModelError::Cancelled)));
         assert_eq!(denoiser.calls.borrow().len(), 2);
     }
@@ -313,7 +364,12 @@ mod tests {
     struct Counting(usize);
 
     impl AttentionControl for Counting {
-        fn attend(&mut self, _: &StepInfo, _: &[BatchRole], _: &AttentionCall) -> candle_core::Result<Option<Tensor>> {
+        fn attend(
+            &mut self,
+            _: &StepInfo,
+            _: &[BatchRole],
+            _: &AttentionCall,
+        ) -> candle_core::Result<Option<Tensor>> {
             self.0 += 1;
             Ok(None)
         }
@@ -323,9 +379,19 @@ mod tests {
     struct Consulting;
 
     impl Denoiser for Consulting {
-        fn predict(&self, sample: &Tensor, _: &Tensor, _: &Tensor, ctx: &mut ForwardCtx) -> candle_core::Result<Tensor> {
+        fn predict(
+            &self,
+            sample: &Tensor,
+            _: &Tensor,
+            _: &Tensor,
+            ctx: &mut ForwardCtx,
+        ) -> candle_core::Result<Tensor> {
             if let Some(control) = ctx.control.as_deref_mut() {
-                let site = crate::attention::SiteInfo::new("x", crate::attention::SiteKind::Spatial, "mid");
+                let site = crate::attention::SiteInfo::new(
+                    "x",
+                    crate::attention::SiteKind::Spatial,
+                    "mid",
+                );
                 let call = AttentionCall {
                     site: &site,
                     q: sample,
@@ -352,10 +418,18 @@ mod tests {
         let latents = Tensor::full(0.3f32, (1, 1, 1, 1, 1), &Device::Cpu).unwrap();
         let mut counting = Counting(0);
         let mut stages = Vec::new();
-        let out = invert(&Consulting, &scheduler(), latents, &guidance, 3, Some(&mut counting), &mut |p| {
-            stages.push(p.stage);
-            ControlFlow::Continue(())
-        })
+        let out = invert(
+            &Consulting,
+            &scheduler(),
+            latents,
+            &guidance,
+            3,
+            Some(&mut counting),
+            &mut |p| {
+                stages.push(p.stage);
+                ControlFlow::Continue(())
+            },
+        )
         .unwrap();
         assert_eq!(counting.0, 3);
         assert_eq!(stages, vec![Stage::Inverting; 3]);
@@ -363,6 +437,9 @@ mod tests {
         let s = scheduler();
         let expected = 0.3 * (s.alpha_cumprod(667).unwrap() / s.alpha_cumprod(0).unwrap()).sqrt();
         let got = out.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
-        assert!((f64::from(got) - expected).abs() < 1e-6, "{got} vs {expected}");
+        assert!(
+            (f64::from(got) - expected).abs() < 1e-6,
+            "{got} vs {expected}"
+        );
     }
 }

@@ -61,7 +61,8 @@ impl Denoiser for UNetDenoiser<'_> {
         encoder_hidden_states: &Tensor,
         ctx: &mut ForwardCtx,
     ) -> candle_core::Result<Tensor> {
-        self.unet.forward(sample, timesteps, encoder_hidden_states, ctx)
+        self.unet
+            .forward(sample, timesteps, encoder_hidden_states, ctx)
     }
 
     fn dtype(&self) -> DType {
@@ -82,7 +83,8 @@ impl TextToVideoPipeline {
         let unet = ComponentWeights::open(&unet_dir, dtype, device)?
             .build(|vb| UNet3DConditionModel::new(vb, &unet_config))?;
         let vae = AutoencoderKl::load(&model_dir.join("vae"), device, dtype)?;
-        let scheduler = DdimScheduler::load(&model_dir.join("scheduler").join("scheduler_config.json"))?;
+        let scheduler =
+            DdimScheduler::load(&model_dir.join("scheduler").join("scheduler_config.json"))?;
 
         check_compatible(model_dir, &tokenizer, &text_encoder, &unet_config, &vae)?;
         let default_steps = match index.class_name.as_deref() {
@@ -142,10 +144,20 @@ impl TextToVideoPipeline {
         on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<Video, ModelError> {
         self.check_params(params)?;
-        let guidance = self.encode_prompts(&params.prompt, &params.negative_prompt, params.guidance_scale)?;
+        let guidance = self.encode_prompts(
+            &params.prompt,
+            &params.negative_prompt,
+            params.guidance_scale,
+        )?;
         report(on_progress, Stage::EncodingText, 1, 1)?;
         let latents = self.initial_latents(params)?;
-        let latents = self.denoise(latents, &guidance, params.num_inference_steps, control, on_progress)?;
+        let latents = self.denoise(
+            latents,
+            &guidance,
+            params.num_inference_steps,
+            control,
+            on_progress,
+        )?;
         self.decode(&latents, on_progress)
     }
 
@@ -201,7 +213,15 @@ impl TextToVideoPipeline {
         on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<Tensor, ModelError> {
         let denoiser = self.denoiser();
-        sampling::denoise(&denoiser, &self.scheduler, latents, guidance, num_inference_steps, control, on_progress)
+        sampling::denoise(
+            &denoiser,
+            &self.scheduler,
+            latents,
+            guidance,
+            num_inference_steps,
+            control,
+            on_progress,
+        )
     }
 
     /// DDIM inversion of clean latents [1, C, F, h, w] (f32, scaled like the UNet's) under
@@ -219,7 +239,15 @@ impl TextToVideoPipeline {
     ) -> Result<Tensor, ModelError> {
         let guidance = self.encode_prompts(prompt, "", guidance_scale)?;
         let denoiser = self.denoiser();
-        sampling::invert(&denoiser, &self.scheduler, latents, &guidance, num_inference_steps, control, on_progress)
+        sampling::invert(
+            &denoiser,
+            &self.scheduler,
+            latents,
+            &guidance,
+            num_inference_steps,
+            control,
+            on_progress,
+        )
     }
 
     /// RGB frames → the posterior-mean latents [1, C, F, h, w] scaled for the UNet (f32), the
@@ -229,7 +257,10 @@ impl TextToVideoPipeline {
         if video.width % scale != 0 || video.height % scale != 0 {
             return Err(ModelError::invalid_params(
                 "video",
-                format!("{}x{} is not a multiple of {scale}", video.width, video.height),
+                format!(
+                    "{}x{} is not a multiple of {scale}",
+                    video.width, video.height
+                ),
             ));
         }
         let images = frames::video_to_images(video, &self.device)?;
@@ -253,7 +284,9 @@ impl TextToVideoPipeline {
         let mut video: Option<Video> = None;
         for start in (0..total).step_by(VAE_CHUNK_FRAMES) {
             let count = VAE_CHUNK_FRAMES.min(total - start);
-            let images = self.vae.decode_video(&latents.narrow(2, start, count)?, count)?;
+            let images = self
+                .vae
+                .decode_video(&latents.narrow(2, start, count)?, count)?;
             let chunk = frames::rgb_frames(&images)?;
             match video.as_mut() {
                 Some(video) => video.frames.extend(chunk.frames),
@@ -261,7 +294,9 @@ impl TextToVideoPipeline {
             }
             report(on_progress, Stage::Decoding, start + count, total)?;
         }
-        video.ok_or_else(|| ModelError::invalid_params("num_frames", "there are no frames to decode"))
+        video.ok_or_else(|| {
+            ModelError::invalid_params("num_frames", "there are no frames to decode")
+        })
     }
 
     fn denoiser(&self) -> UNetDenoiser<'_> {
@@ -282,7 +317,10 @@ impl TextToVideoPipeline {
             }
         }
         if params.num_frames == 0 {
-            return Err(ModelError::invalid_params("num_frames", "must be at least 1"));
+            return Err(ModelError::invalid_params(
+                "num_frames",
+                "must be at least 1",
+            ));
         }
         let train = self.scheduler.config().num_train_timesteps;
         if params.num_inference_steps == 0 || params.num_inference_steps > train {
@@ -292,7 +330,10 @@ impl TextToVideoPipeline {
             ));
         }
         if !params.guidance_scale.is_finite() {
-            return Err(ModelError::invalid_params("guidance_scale", "must be a finite number"));
+            return Err(ModelError::invalid_params(
+                "guidance_scale",
+                "must be a finite number",
+            ));
         }
         Ok(())
     }
@@ -305,7 +346,11 @@ fn report(
     step: usize,
     total_steps: usize,
 ) -> Result<(), ModelError> {
-    match on_progress(Progress { stage, step, total_steps }) {
+    match on_progress(Progress {
+        stage,
+        step,
+        total_steps,
+    }) {
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(()) => Err(ModelError::Cancelled),
     }

@@ -1,13 +1,13 @@
 //! diffusers' `Attention` (with `AttnProcessor2_0`), GEGLU `FeedForward` and
 //! `BasicTransformerBlock`, each attention module being a named site.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::attention::{default_attention, AttentionCall, ForwardCtx, SiteInfo, SiteKind};
 
+use super::geglu::geglu;
 use super::norm::LayerNorm;
-use super::video::VideoShape;
 
 /// The sites of a model in the order they are built, which is the order they run.
 #[derive(Debug, Default)]
@@ -31,13 +31,21 @@ impl SiteRegistry {
 /// One multi-head attention module (no bias on q/k/v, bias on the output projection).
 #[derive(Debug)]
 pub struct Attention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
+    projections: Projections,
     to_out: Linear,
     heads: usize,
     scale: f64,
     site: SiteInfo,
+}
+
+/// The q/k/v projections, concatenated so that one matrix product (and one head split) serves
+/// every projection that reads the same input.
+#[derive(Debug)]
+enum Projections {
+    /// `to_q`, `to_k`, `to_v` stacked: `[3·inner, query_dim]`.
+    SelfAttention { qkv: Linear },
+    /// `to_q` on the queries; `to_k`, `to_v` stacked on the text: `[2·inner, context_dim]`.
+    Cross { q: Linear, kv: Linear },
 }
 
 /// Sizes and naming of an attention module.
@@ -52,13 +60,29 @@ pub struct AttentionSpec<'a> {
     pub stage: &'a str,
 }
 
+/// The bias-free projection weights `names` of `vb`, each `[out, in]`, stacked along the output.
+fn stacked_weights(names: &[&str], out: usize, input: usize, vb: &VarBuilder) -> Result<Linear> {
+    let weights = names
+        .iter()
+        .map(|name| vb.pp(*name).get((out, input), "weight"))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Linear::new(Tensor::cat(&weights, 0)?, None))
+}
+
 impl Attention {
     pub fn new(spec: AttentionSpec, vb: VarBuilder, sites: &mut SiteRegistry) -> Result<Self> {
         let inner = spec.heads * spec.head_dim;
+        let projections = match spec.kind {
+            SiteKind::Cross => Projections::Cross {
+                q: candle_nn::linear_no_bias(spec.query_dim, inner, vb.pp("to_q"))?,
+                kv: stacked_weights(&["to_k", "to_v"], inner, spec.context_dim, &vb)?,
+            },
+            SiteKind::Spatial | SiteKind::Temporal => Projections::SelfAttention {
+                qkv: stacked_weights(&["to_q", "to_k", "to_v"], inner, spec.query_dim, &vb)?,
+            },
+        };
         Ok(Self {
-            to_q: candle_nn::linear_no_bias(spec.query_dim, inner, vb.pp("to_q"))?,
-            to_k: candle_nn::linear_no_bias(spec.context_dim, inner, vb.pp("to_k"))?,
-            to_v: candle_nn::linear_no_bias(spec.context_dim, inner, vb.pp("to_v"))?,
+            projections,
             to_out: candle_nn::linear(inner, spec.query_dim, vb.pp("to_out").pp("0"))?,
             heads: spec.heads,
             scale: 1.0 / (spec.head_dim as f64).sqrt(),
@@ -66,25 +90,43 @@ impl Attention {
         })
     }
 
-    /// `x` `[B*G, S, query_dim]` with the UNet batch B outermost. `context`: the text states
-    /// `[B, L, context_dim]` for cross-attention (shared by the G groups of a batch item), `None`
-    /// for self-attention.
-    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>, batch: usize, ctx: &mut ForwardCtx) -> Result<Tensor> {
+    /// `x` `[B*G, S, query_dim]` with the UNet batch B outermost. `text`: the text states
+    /// `[B, L, context_dim]`, required by cross-attention (shared by the G groups of a batch item)
+    /// and ignored by self-attention.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        text: Option<&Tensor>,
+        batch: usize,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
         let rows = x.dim(0)?;
-        let q = self.split_heads(&self.to_q.forward(x)?)?;
-        let (k, v) = match context {
-            Some(context) => {
+        let (q, k, v) = match &self.projections {
+            Projections::SelfAttention { qkv } => {
+                let qkv = self.split_heads(&qkv.forward(x)?, 3, 1)?;
+                (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?)
+            }
+            Projections::Cross { q, kv } => {
+                let Some(text) = text else {
+                    candle_core::bail!("{} needs text states", self.site.id)
+                };
                 if batch == 0 || rows % batch != 0 {
                     candle_core::bail!("{}: {rows} rows for a batch of {batch}", self.site.id)
                 }
-                let groups = rows / batch;
-                let k = VideoShape::repeat_per_group(&self.to_k.forward(context)?, groups)?;
-                let v = VideoShape::repeat_per_group(&self.to_v.forward(context)?, groups)?;
-                (self.split_heads(&k)?, self.split_heads(&v)?)
+                let q = self.split_heads(&q.forward(x)?, 1, 1)?.get(0)?;
+                let kv = self.split_heads(&kv.forward(text)?, 2, rows / batch)?;
+                (q, kv.get(0)?, kv.get(1)?)
             }
-            None => (self.split_heads(&self.to_k.forward(x)?)?, self.split_heads(&self.to_v.forward(x)?)?),
         };
-        let call = AttentionCall { site: &self.site, q: &q, k: &k, v: &v, heads: self.heads, batch, scale: self.scale };
+        let call = AttentionCall {
+            site: &self.site,
+            q: &q,
+            k: &k,
+            v: &v,
+            heads: self.heads,
+            batch,
+            scale: self.scale,
+        };
         let controlled = match ctx.control.as_mut() {
             Some(control) => control.attend(&ctx.step, &ctx.batch_roles, &call)?,
             None => None,
@@ -106,18 +148,32 @@ impl Attention {
         self.to_out.forward(&self.merge_heads(&out)?)
     }
 
-    /// `[N, S, heads*d]` → `[N*heads, S, d]` (diffusers' `head_to_batch_dim`).
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, s, inner) = x.dims3()?;
-        let d = inner / self.heads;
-        x.reshape((n, s, self.heads, d))?.transpose(1, 2)?.contiguous()?.reshape((n * self.heads, s, d))
+    /// `[N, S, parts·heads·d]` (the outputs of `parts` stacked projections) → `[parts,
+    /// N·groups·heads, S, d]`, each part in diffusers' `head_to_batch_dim` order, with every row
+    /// of the input repeated for `groups` consecutive groups (diffusers' `repeat_interleave` of the
+    /// text states per frame), all in one copy.
+    fn split_heads(&self, x: &Tensor, parts: usize, groups: usize) -> Result<Tensor> {
+        let (n, s, width) = x.dims3()?;
+        let d = width / (parts * self.heads);
+        let x = x.reshape((n, 1, s, parts, self.heads, d))?;
+        let x = if groups == 1 {
+            x
+        } else {
+            x.broadcast_as((n, groups, s, parts, self.heads, d))?
+        };
+        x.permute((3, 0, 1, 4, 2, 5))?
+            .contiguous()?
+            .reshape((parts, n * groups * self.heads, s, d))
     }
 
     /// `[N*heads, S, d]` → `[N, S, heads*d]`.
     fn merge_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (nh, s, d) = x.dims3()?;
         let n = nh / self.heads;
-        x.reshape((n, self.heads, s, d))?.transpose(1, 2)?.contiguous()?.reshape((n, s, self.heads * d))
+        x.reshape((n, self.heads, s, d))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((n, s, self.heads * d))
     }
 }
 
@@ -126,7 +182,6 @@ impl Attention {
 pub struct FeedForward {
     proj_in: Linear,
     proj_out: Linear,
-    inner: usize,
 }
 
 impl FeedForward {
@@ -135,15 +190,11 @@ impl FeedForward {
         Ok(Self {
             proj_in: candle_nn::linear(dim, 2 * inner, vb.pp("net.0.proj"))?,
             proj_out: candle_nn::linear(inner, dim, vb.pp("net.2"))?,
-            inner,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let projected = self.proj_in.forward(x)?;
-        let value = projected.narrow(D::Minus1, 0, self.inner)?;
-        let gate = projected.narrow(D::Minus1, self.inner, self.inner)?;
-        self.proj_out.forward(&(value * gate.gelu_erf()?)?)
+        self.proj_out.forward(&geglu(&self.proj_in.forward(x)?)?)
     }
 }
 
@@ -168,42 +219,64 @@ pub enum SecondAttention {
     SelfAttention,
 }
 
+/// Sizes and site naming of a transformer block.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockAttention<'a> {
+    pub dim: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// The kind of `attn1` (spatial or temporal self-attention).
+    pub self_kind: SiteKind,
+    pub second: SecondAttention,
+    pub stage: &'a str,
+}
+
 impl BasicTransformerBlock {
-    pub fn new(
-        dim: usize,
-        heads: usize,
-        head_dim: usize,
-        self_kind: SiteKind,
-        second: SecondAttention,
-        stage: &str,
-        vb: VarBuilder,
-        sites: &mut SiteRegistry,
-    ) -> Result<Self> {
+    pub fn new(spec: BlockAttention, vb: VarBuilder, sites: &mut SiteRegistry) -> Result<Self> {
+        let dim = spec.dim;
         let norm = |name: &str| LayerNorm::new(dim, 1e-5, vb.pp(name));
-        let spec = AttentionSpec { query_dim: dim, context_dim: dim, heads, head_dim, kind: self_kind, stage };
-        let second_spec = match second {
-            SecondAttention::Text { context_dim } => AttentionSpec { context_dim, kind: SiteKind::Cross, ..spec },
-            SecondAttention::SelfAttention => spec,
+        let first = AttentionSpec {
+            query_dim: dim,
+            context_dim: dim,
+            heads: spec.heads,
+            head_dim: spec.head_dim,
+            kind: spec.self_kind,
+            stage: spec.stage,
+        };
+        let second = match spec.second {
+            SecondAttention::Text { context_dim } => AttentionSpec {
+                context_dim,
+                kind: SiteKind::Cross,
+                ..first
+            },
+            SecondAttention::SelfAttention => first,
         };
         Ok(Self {
             norm1: norm("norm1")?,
-            attn1: Attention::new(spec, vb.pp("attn1"), sites)?,
+            attn1: Attention::new(first, vb.pp("attn1"), sites)?,
             norm2: norm("norm2")?,
-            attn2: Attention::new(second_spec, vb.pp("attn2"), sites)?,
+            attn2: Attention::new(second, vb.pp("attn2"), sites)?,
             norm3: norm("norm3")?,
             ff: FeedForward::new(dim, vb.pp("ff"))?,
         })
     }
 
     /// `x` `[B*G, S, dim]`; `text` `[B, L, D]` for blocks whose second attention is cross.
-    pub fn forward(&self, x: &Tensor, text: Option<&Tensor>, batch: usize, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let x = (self.attn1.forward(&self.norm1.forward(x)?, None, batch, ctx)? + x)?;
-        let text = match (self.attn2.site.kind, text) {
-            (SiteKind::Cross, None) => candle_core::bail!("{} needs text states", self.attn2.site.id),
-            (SiteKind::Cross, text) => text,
-            _ => None,
-        };
-        let x = (self.attn2.forward(&self.norm2.forward(&x)?, text, batch, ctx)? + x)?;
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        text: Option<&Tensor>,
+        batch: usize,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        let x = (self
+            .attn1
+            .forward(&self.norm1.forward(x)?, None, batch, ctx)?
+            + x)?;
+        let x = (self
+            .attn2
+            .forward(&self.norm2.forward(&x)?, text, batch, ctx)?
+            + x)?;
         self.ff.forward(&self.norm3.forward(&x)?)? + x
     }
 }

@@ -46,9 +46,20 @@ impl Transformers {
         vb: &VarBuilder,
         sites: &mut SiteRegistry,
     ) -> Result<Self> {
-        let spec = TransformerSpec { channels, heads: channels / head_dim, head_dim, groups: settings.resnet.groups, stage };
+        let spec = TransformerSpec {
+            channels,
+            heads: channels / head_dim,
+            head_dim,
+            groups: settings.resnet.groups,
+            stage,
+        };
         Ok(Self {
-            spatial: Transformer2D::new(spec, settings.cross_attention_dim, vb.pp("attentions").pp(index), sites)?,
+            spatial: Transformer2D::new(
+                spec,
+                settings.cross_attention_dim,
+                vb.pp("attentions").pp(index),
+                sites,
+            )?,
             temporal: TransformerTemporal::new(spec, vb.pp("temp_attentions").pp(index), sites)?,
         })
     }
@@ -68,27 +79,45 @@ struct Layer {
 }
 
 impl Layer {
-    #[allow(clippy::too_many_arguments)]
+    /// Layer `index` of a block described by `spec`, taking `in_channels` channels.
     fn new(
         in_channels: usize,
-        out_channels: usize,
-        kind: BlockKind,
-        head_dim: usize,
+        spec: &BlockSpec,
         settings: BlockSettings,
-        stage: &str,
         index: usize,
         vb: &VarBuilder,
         sites: &mut SiteRegistry,
     ) -> Result<Self> {
-        let resnet = ResnetBlock2D::new(in_channels, out_channels, settings.resnet, 1.0, vb.pp("resnets").pp(index))?;
-        let temp_conv = TemporalConvLayer::new(out_channels, settings.resnet.groups, vb.pp("temp_convs").pp(index))?;
-        let transformers = match kind {
-            BlockKind::CrossAttention => {
-                Some(Transformers::new(out_channels, head_dim, settings, stage, index, vb, sites)?)
-            }
+        let out_channels = spec.out_channels;
+        let resnet = ResnetBlock2D::new(
+            in_channels,
+            out_channels,
+            settings.resnet,
+            1.0,
+            vb.pp("resnets").pp(index),
+        )?;
+        let temp_conv = TemporalConvLayer::new(
+            out_channels,
+            settings.resnet.groups,
+            vb.pp("temp_convs").pp(index),
+        )?;
+        let transformers = match spec.kind {
+            BlockKind::CrossAttention => Some(Transformers::new(
+                out_channels,
+                spec.head_dim,
+                settings,
+                spec.stage,
+                index,
+                vb,
+                sites,
+            )?),
             BlockKind::Plain => None,
         };
-        Ok(Self { resnet, temp_conv, transformers })
+        Ok(Self {
+            resnet,
+            temp_conv,
+            transformers,
+        })
     }
 
     fn forward(&self, x: &Tensor, inputs: &BlockInputs, ctx: &mut ForwardCtx) -> Result<Tensor> {
@@ -129,19 +158,31 @@ impl DownBlock {
     ) -> Result<Self> {
         let layers = (0..spec.num_layers)
             .map(|i| {
-                let in_channels = if i == 0 { spec.in_channels } else { spec.out_channels };
-                Layer::new(in_channels, spec.out_channels, spec.kind, spec.head_dim, settings, spec.stage, i, &vb, sites)
+                let in_channels = if i == 0 {
+                    spec.in_channels
+                } else {
+                    spec.out_channels
+                };
+                Layer::new(in_channels, &spec, settings, i, &vb, sites)
             })
             .collect::<Result<_>>()?;
         let downsampler = downsample_padding
             .map(|padding| Downsample2D::new(spec.out_channels, padding, vb.pp("downsamplers.0")))
             .transpose()?;
-        Ok(Self { layers, downsampler })
+        Ok(Self {
+            layers,
+            downsampler,
+        })
     }
 
     /// Returns the block output and the states the up path will consume (one per layer, plus the
     /// downsampled output).
-    pub fn forward(&self, x: &Tensor, inputs: &BlockInputs, ctx: &mut ForwardCtx) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        inputs: &BlockInputs,
+        ctx: &mut ForwardCtx,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut x = x.clone();
         let mut states = Vec::with_capacity(self.layers.len() + 1);
         for layer in &self.layers {
@@ -178,7 +219,13 @@ impl MidBlock {
     ) -> Result<Self> {
         let groups = settings.resnet.groups;
         let resnet = |i: usize| {
-            ResnetBlock2D::new(channels, channels, settings.resnet, output_scale_factor, vb.pp("resnets").pp(i))
+            ResnetBlock2D::new(
+                channels,
+                channels,
+                settings.resnet,
+                output_scale_factor,
+                vb.pp("resnets").pp(i),
+            )
         };
         let resnet_in = resnet(0)?;
         let temp_conv_in = TemporalConvLayer::new(channels, groups, vb.pp("temp_convs.0"))?;
@@ -192,7 +239,12 @@ impl MidBlock {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, inputs: &BlockInputs, ctx: &mut ForwardCtx) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        inputs: &BlockInputs,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
         let x = self.resnet_in.forward(x, inputs.temb, inputs.video)?;
         let x = self.temp_conv_in.forward(&x, inputs.video)?;
         let x = self.transformers.forward(&x, inputs, ctx)?;
@@ -221,23 +273,31 @@ impl UpBlock {
     ) -> Result<Self> {
         let layers = (0..spec.num_layers)
             .map(|i| {
-                let skip_channels = if i == spec.num_layers - 1 { spec.in_channels } else { spec.out_channels };
-                let input_channels = if i == 0 { prev_output_channels } else { spec.out_channels };
+                let skip_channels = if i == spec.num_layers - 1 {
+                    spec.in_channels
+                } else {
+                    spec.out_channels
+                };
+                let input_channels = if i == 0 {
+                    prev_output_channels
+                } else {
+                    spec.out_channels
+                };
                 Layer::new(
                     input_channels + skip_channels,
-                    spec.out_channels,
-                    spec.kind,
-                    spec.head_dim,
+                    &spec,
                     settings,
-                    spec.stage,
                     i,
                     &vb,
                     sites,
                 )
             })
             .collect::<Result<_>>()?;
-        let upsampler =
-            if add_upsample { Some(Upsample2D::new(spec.out_channels, vb.pp("upsamplers.0"))?) } else { None };
+        let upsampler = if add_upsample {
+            Some(Upsample2D::new(spec.out_channels, vb.pp("upsamplers.0"))?)
+        } else {
+            None
+        };
         Ok(Self { layers, upsampler })
     }
 
@@ -256,7 +316,11 @@ impl UpBlock {
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
         if skips.len() != self.layers.len() {
-            candle_core::bail!("up block got {} skip states for {} layers", skips.len(), self.layers.len())
+            candle_core::bail!(
+                "up block got {} skip states for {} layers",
+                skips.len(),
+                self.layers.len()
+            )
         }
         let mut x = x.clone();
         for (layer, skip) in self.layers.iter().zip(skips.iter().rev()) {

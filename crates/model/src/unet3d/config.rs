@@ -65,12 +65,22 @@ impl Default for UNet3DConfig {
             sample_size: None,
             in_channels: 4,
             out_channels: 4,
-            down_block_types: ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"]
-                .map(String::from)
-                .to_vec(),
-            up_block_types: ["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"]
-                .map(String::from)
-                .to_vec(),
+            down_block_types: [
+                "CrossAttnDownBlock3D",
+                "CrossAttnDownBlock3D",
+                "CrossAttnDownBlock3D",
+                "DownBlock3D",
+            ]
+            .map(String::from)
+            .to_vec(),
+            up_block_types: [
+                "UpBlock3D",
+                "CrossAttnUpBlock3D",
+                "CrossAttnUpBlock3D",
+                "CrossAttnUpBlock3D",
+            ]
+            .map(String::from)
+            .to_vec(),
             block_out_channels: vec![320, 640, 1280, 1280],
             layers_per_block: 2,
             downsample_padding: 1,
@@ -99,12 +109,16 @@ impl UNet3DConfig {
     /// Reads and checks a config.json.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|err| match err.kind() {
-            std::io::ErrorKind::NotFound => ModelError::MissingFile { path: path.to_path_buf() },
+            std::io::ErrorKind::NotFound => ModelError::MissingFile {
+                path: path.to_path_buf(),
+            },
             _ => ModelError::invalid_config(path, err.to_string()),
         })?;
-        let config: Self =
-            serde_json::from_str(&text).map_err(|err| ModelError::invalid_config(path, err.to_string()))?;
-        config.validate().map_err(|message| ModelError::invalid_config(path, message))?;
+        let config: Self = serde_json::from_str(&text)
+            .map_err(|err| ModelError::invalid_config(path, err.to_string()))?;
+        config
+            .validate()
+            .map_err(|message| ModelError::invalid_config(path, message))?;
         Ok(config)
     }
 
@@ -128,7 +142,9 @@ impl UNet3DConfig {
         }
         let head_dims = self.attention_head_dim.per_block(blocks);
         if head_dims.len() != blocks {
-            return Err(format!("attention_head_dim must have one entry per block ({blocks})"));
+            return Err(format!(
+                "attention_head_dim must have one entry per block ({blocks})"
+            ));
         }
         if !matches!(self.attention_head_dim, PerBlock::All(_)) {
             return Err("attention_head_dim must be a single number: transformer_in uses it as its head size".into());
@@ -137,7 +153,9 @@ impl UNet3DConfig {
             return Err("norm_num_groups must be set".into());
         };
         Activation::parse(&self.act_fn)?;
-        for (i, (&channels, &head_dim)) in self.block_out_channels.iter().zip(&head_dims).enumerate() {
+        for (i, (&channels, &head_dim)) in
+            self.block_out_channels.iter().zip(&head_dims).enumerate()
+        {
             if groups == 0 || channels % groups != 0 {
                 return Err(format!("block_out_channels[{i}] = {channels} is not a multiple of norm_num_groups = {groups}"));
             }
@@ -178,7 +196,8 @@ impl UNet3DConfig {
 
     /// The head size used by each down block (diffusers' `attention_head_dim`).
     pub fn head_dims(&self) -> Vec<usize> {
-        self.attention_head_dim.per_block(self.block_out_channels.len())
+        self.attention_head_dim
+            .per_block(self.block_out_channels.len())
     }
 
     /// How many times the UNet halves height and width (one per down block but the last).
@@ -247,13 +266,28 @@ mod tests {
 
     #[test]
     fn rejects_inconsistent_configs() {
-        let mut config = UNet3DConfig { block_out_channels: vec![320, 640], ..Default::default() };
+        let mut config = UNet3DConfig {
+            block_out_channels: vec![320, 640],
+            ..Default::default()
+        };
         assert!(config.validate().unwrap_err().contains("same length"));
-        config = UNet3DConfig { num_attention_heads: Some(PerBlock::All(8)), ..Default::default() };
-        assert!(config.validate().unwrap_err().contains("num_attention_heads"));
-        config = UNet3DConfig { act_fn: "tanh".into(), ..Default::default() };
+        config = UNet3DConfig {
+            num_attention_heads: Some(PerBlock::All(8)),
+            ..Default::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("num_attention_heads"));
+        config = UNet3DConfig {
+            act_fn: "tanh".into(),
+            ..Default::default()
+        };
         assert!(config.validate().unwrap_err().contains("act_fn"));
-        config = UNet3DConfig { norm_num_groups: Some(48), ..Default::default() };
+        config = UNet3DConfig {
+            norm_num_groups: Some(48),
+            ..Default::default()
+        };
         assert!(config.validate().unwrap_err().contains("norm_num_groups"));
     }
 }

@@ -12,9 +12,14 @@ use super::config::Activation;
 pub fn timestep_features(timesteps: &Tensor, dim: usize, device: &Device) -> Result<Tensor> {
     let half = dim / 2;
     let log_period = -(10_000f64.ln()) as f32;
-    let frequencies: Vec<f32> = (0..half).map(|i| (log_period * i as f32 / half as f32).exp()).collect();
+    let frequencies: Vec<f32> = (0..half)
+        .map(|i| (log_period * i as f32 / half as f32).exp())
+        .collect();
     let frequencies = Tensor::from_vec(frequencies, (1, half), device)?;
-    let arguments = timesteps.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&frequencies)?;
+    let arguments = timesteps
+        .to_dtype(DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&frequencies)?;
     let features = Tensor::cat(&[arguments.cos()?, arguments.sin()?], 1)?;
     if dim % 2 == 1 {
         features.pad_with_zeros(1, 0, 1)
@@ -33,7 +38,12 @@ pub struct TimestepEmbedding {
 }
 
 impl TimestepEmbedding {
-    pub fn new(features: usize, embed_dim: usize, activation: Activation, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        features: usize,
+        embed_dim: usize,
+        activation: Activation,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             linear_1: candle_nn::linear(features, embed_dim, vb.pp("linear_1"))?,
             linear_2: candle_nn::linear(embed_dim, embed_dim, vb.pp("linear_2"))?,
@@ -44,8 +54,11 @@ impl TimestepEmbedding {
 
     /// `timesteps` `[N]` → `[N, embed_dim]` in `dtype`.
     pub fn forward(&self, timesteps: &Tensor, dtype: DType) -> Result<Tensor> {
-        let features = timestep_features(timesteps, self.features, timesteps.device())?.to_dtype(dtype)?;
-        let h = self.activation.forward(&self.linear_1.forward(&features)?)?;
+        let features =
+            timestep_features(timesteps, self.features, timesteps.device())?.to_dtype(dtype)?;
+        let h = self
+            .activation
+            .forward(&self.linear_1.forward(&features)?)?;
         self.linear_2.forward(&h)
     }
 }
@@ -61,7 +74,12 @@ mod tests {
         // t = 0: cos = 1, sin = 0.
         assert_eq!(features[0], vec![1.0, 1.0, 0.0, 0.0]);
         // frequencies 1 and 10000^(-1/2) = 0.01.
-        let expected = [1.5f32.cos(), (0.015f32).cos(), 1.5f32.sin(), (0.015f32).sin()];
+        let expected = [
+            1.5f32.cos(),
+            (0.015f32).cos(),
+            1.5f32.sin(),
+            (0.015f32).sin(),
+        ];
         for (got, want) in features[1].iter().zip(expected) {
             assert!((got - want).abs() < 1e-6, "{got} vs {want}");
         }

@@ -5,6 +5,7 @@ mod attention;
 mod blocks;
 pub mod config;
 mod embeddings;
+mod geglu;
 mod model;
 pub mod norm;
 mod resnet;

@@ -38,7 +38,9 @@ pub struct UNet3DConditionModel {
 impl UNet3DConditionModel {
     /// Builds the model from `config`, loading weights by their diffusers key paths from `vb`.
     pub fn new(vb: VarBuilder, config: &UNet3DConfig) -> Result<Self> {
-        config.validate().map_err(|message| candle_core::Error::Msg(format!("invalid UNet3D config: {message}")))?;
+        config.validate().map_err(|message| {
+            candle_core::Error::Msg(format!("invalid UNet3D config: {message}"))
+        })?;
         let groups = config.norm_num_groups.unwrap_or(32);
         let activation = Activation::parse(&config.act_fn).map_err(candle_core::Error::Msg)?;
         let channels = &config.block_out_channels;
@@ -46,16 +48,35 @@ impl UNet3DConditionModel {
         let blocks = channels.len();
         let time_embed_dim = channels[0] * 4;
         let settings = BlockSettings {
-            resnet: ResnetSettings { temb_channels: time_embed_dim, groups, eps: config.norm_eps, activation },
+            resnet: ResnetSettings {
+                temb_channels: time_embed_dim,
+                groups,
+                eps: config.norm_eps,
+                activation,
+            },
             cross_attention_dim: config.cross_attention_dim,
         };
         let down_kinds = config.down_block_kinds().map_err(candle_core::Error::Msg)?;
         let up_kinds = config.up_block_kinds().map_err(candle_core::Error::Msg)?;
         let mut sites = SiteRegistry::default();
 
-        let conv_config = Conv2dConfig { padding: 1, ..Default::default() };
-        let conv_in = candle_nn::conv2d(config.in_channels, channels[0], 3, conv_config, vb.pp("conv_in"))?;
-        let time_embedding = TimestepEmbedding::new(channels[0], time_embed_dim, activation, vb.pp("time_embedding"))?;
+        let conv_config = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv_in = candle_nn::conv2d(
+            config.in_channels,
+            channels[0],
+            3,
+            conv_config,
+            vb.pp("conv_in"),
+        )?;
+        let time_embedding = TimestepEmbedding::new(
+            channels[0],
+            time_embed_dim,
+            activation,
+            vb.pp("time_embedding"),
+        )?;
         let transformer_in = TransformerTemporal::new(
             TransformerSpec {
                 channels: channels[0],
@@ -84,7 +105,13 @@ impl UNet3DConditionModel {
                 stage: &stage,
             };
             let downsample = (!is_final).then_some(config.downsample_padding);
-            down_blocks.push(DownBlock::new(spec, downsample, settings, vb.pp("down_blocks").pp(i), &mut sites)?);
+            down_blocks.push(DownBlock::new(
+                spec,
+                downsample,
+                settings,
+                vb.pp("down_blocks").pp(i),
+                &mut sites,
+            )?);
         }
 
         let mid_block = MidBlock::new(
@@ -132,15 +159,30 @@ impl UNet3DConditionModel {
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: candle_nn::group_norm(groups, channels[0], config.norm_eps, vb.pp("conv_norm_out"))?,
-            conv_out: candle_nn::conv2d(channels[0], config.out_channels, 3, conv_config, vb.pp("conv_out"))?,
+            conv_norm_out: candle_nn::group_norm(
+                groups,
+                channels[0],
+                config.norm_eps,
+                vb.pp("conv_norm_out"),
+            )?,
+            conv_out: candle_nn::conv2d(
+                channels[0],
+                config.out_channels,
+                3,
+                conv_config,
+                vb.pp("conv_out"),
+            )?,
             sites: sites.into_sites(),
         })
     }
 
     /// Loads a UNet folder: config.json and the weights in any layout `weights` accepts
     /// (single file, fp16 variant, shards), converted to `dtype`.
-    pub fn load_dir(dir: &Path, device: &Device, dtype: DType) -> std::result::Result<Self, ModelError> {
+    pub fn load_dir(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> std::result::Result<Self, ModelError> {
         let config = UNet3DConfig::from_file(&dir.join("config.json"))?;
         ComponentWeights::open(dir, dtype, device)?.build(|vb| Self::new(vb, &config))
     }
@@ -173,7 +215,10 @@ impl UNet3DConditionModel {
             )
         }
         if ctx.batch_roles.len() != batch {
-            candle_core::bail!("{} batch roles for a batch of {batch}", ctx.batch_roles.len())
+            candle_core::bail!(
+                "{} batch roles for a batch of {batch}",
+                ctx.batch_roles.len()
+            )
         }
         let timesteps = match timesteps.elem_count() {
             1 => timesteps.flatten_all()?.broadcast_as(batch)?.contiguous()?,
@@ -188,9 +233,15 @@ impl UNet3DConditionModel {
         let forward_upsample_size = height % up_factor != 0 || width % up_factor != 0;
 
         let temb = self.time_embedding.forward(&timesteps, sample.dtype())?;
-        let inputs = BlockInputs { temb: &temb, text: encoder_hidden_states, video };
+        let inputs = BlockInputs {
+            temb: &temb,
+            text: encoder_hidden_states,
+            video,
+        };
 
-        let x = sample.permute((0, 2, 1, 3, 4))?.reshape((batch * frames, (), height, width))?;
+        let x = sample
+            .permute((0, 2, 1, 3, 4))?
+            .reshape((batch * frames, (), height, width))?;
         let x = self.conv_in.forward(&x)?;
         let mut x = self.transformer_in.forward(&x, video, ctx)?;
 
@@ -222,6 +273,8 @@ impl UNet3DConditionModel {
         let x = candle_nn::ops::silu(&self.conv_norm_out.forward(&x)?)?;
         let x = self.conv_out.forward(&x)?;
         let (_, out_channels, out_h, out_w) = x.dims4()?;
-        x.reshape((batch, frames, out_channels, out_h, out_w))?.permute((0, 2, 1, 3, 4))?.contiguous()
+        x.reshape((batch, frames, out_channels, out_h, out_w))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()
     }
 }

@@ -7,8 +7,18 @@ use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 use super::config::Activation;
 use super::video::VideoShape;
 
-fn conv3x3(in_channels: usize, out_channels: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let config = Conv2dConfig { padding, stride, ..Default::default() };
+fn conv3x3(
+    in_channels: usize,
+    out_channels: usize,
+    stride: usize,
+    padding: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let config = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
     candle_nn::conv2d(in_channels, out_channels, 3, config, vb)
 }
 
@@ -43,15 +53,35 @@ impl ResnetBlock2D {
         vb: VarBuilder,
     ) -> Result<Self> {
         let conv_shortcut = if in_channels != out_channels {
-            Some(candle_nn::conv2d(in_channels, out_channels, 1, Default::default(), vb.pp("conv_shortcut"))?)
+            Some(candle_nn::conv2d(
+                in_channels,
+                out_channels,
+                1,
+                Default::default(),
+                vb.pp("conv_shortcut"),
+            )?)
         } else {
             None
         };
         Ok(Self {
-            norm1: candle_nn::group_norm(settings.groups, in_channels, settings.eps, vb.pp("norm1"))?,
+            norm1: candle_nn::group_norm(
+                settings.groups,
+                in_channels,
+                settings.eps,
+                vb.pp("norm1"),
+            )?,
             conv1: conv3x3(in_channels, out_channels, 1, 1, vb.pp("conv1"))?,
-            time_emb_proj: candle_nn::linear(settings.temb_channels, out_channels, vb.pp("time_emb_proj"))?,
-            norm2: candle_nn::group_norm(settings.groups, out_channels, settings.eps, vb.pp("norm2"))?,
+            time_emb_proj: candle_nn::linear(
+                settings.temb_channels,
+                out_channels,
+                vb.pp("time_emb_proj"),
+            )?,
+            norm2: candle_nn::group_norm(
+                settings.groups,
+                out_channels,
+                settings.eps,
+                vb.pp("norm2"),
+            )?,
             conv2: conv3x3(out_channels, out_channels, 1, 1, vb.pp("conv2"))?,
             conv_shortcut,
             activation: settings.activation,
@@ -61,14 +91,20 @@ impl ResnetBlock2D {
 
     /// `x` `[B*F, C, H, W]`, `temb` `[B, T]` (one embedding per batch item, shared by its frames).
     pub fn forward(&self, x: &Tensor, temb: &Tensor, video: VideoShape) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.activation.forward(&self.norm1.forward(x)?)?)?;
+        let h = self
+            .conv1
+            .forward(&self.activation.forward(&self.norm1.forward(x)?)?)?;
         let (_, channels, height, width) = h.dims4()?;
-        let t = self.time_emb_proj.forward(&self.activation.forward(temb)?)?;
+        let t = self
+            .time_emb_proj
+            .forward(&self.activation.forward(temb)?)?;
         let h = h
             .reshape((video.batch, video.frames, channels, height * width))?
             .broadcast_add(&t.reshape((video.batch, 1, channels, 1))?)?
             .reshape((video.batch * video.frames, channels, height, width))?;
-        let h = self.conv2.forward(&self.activation.forward(&self.norm2.forward(&h)?)?)?;
+        let h = self
+            .conv2
+            .forward(&self.activation.forward(&self.norm2.forward(&h)?)?)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
@@ -93,12 +129,20 @@ struct TemporalConvStage {
 }
 
 impl TemporalConvStage {
-    fn new(in_dim: usize, out_dim: usize, groups: usize, conv_index: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        in_dim: usize,
+        out_dim: usize,
+        groups: usize,
+        conv_index: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let conv = vb.pp(conv_index.to_string());
         Ok(Self {
             // TemporalConvLayer's GroupNorm keeps PyTorch's default eps.
             norm: candle_nn::group_norm(groups, in_dim, 1e-5, vb.pp("0"))?,
-            weight: conv.get((out_dim, in_dim, 3, 1, 1), "weight")?.reshape((out_dim, in_dim, 3, 1))?,
+            weight: conv
+                .get((out_dim, in_dim, 3, 1, 1), "weight")?
+                .reshape((out_dim, in_dim, 3, 1))?,
             bias: conv.get(out_dim, "bias")?,
         })
     }
@@ -107,7 +151,9 @@ impl TemporalConvStage {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = candle_nn::ops::silu(&self.norm.forward(x)?)?;
         // Zero padding of one frame on each side, as Conv3d padding (1, 0, 0).
-        let h = h.pad_with_zeros(2, 1, 1)?.conv2d(&self.weight, 0, 1, 1, 1)?;
+        let h = h
+            .pad_with_zeros(2, 1, 1)?
+            .conv2d(&self.weight, 0, 1, 1, 1)?;
         h.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 }
@@ -153,12 +199,16 @@ pub struct Downsample2D {
 
 impl Downsample2D {
     pub fn new(channels: usize, padding: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { conv: conv3x3(channels, channels, 2, padding, vb.pp("conv"))?, pad_right_bottom: padding == 0 })
+        Ok(Self {
+            conv: conv3x3(channels, channels, 2, padding, vb.pp("conv"))?,
+            pad_right_bottom: padding == 0,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.pad_right_bottom {
-            self.conv.forward(&x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?)
+            self.conv
+                .forward(&x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?)
         } else {
             self.conv.forward(x)
         }
@@ -173,13 +223,16 @@ pub struct Upsample2D {
 
 impl Upsample2D {
     pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { conv: conv3x3(channels, channels, 1, 1, vb.pp("conv"))? })
+        Ok(Self {
+            conv: conv3x3(channels, channels, 1, 1, vb.pp("conv"))?,
+        })
     }
 
     /// `size`: the (height, width) to reach when the input is not exactly half of it.
     pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
         let (_, _, height, width) = x.dims4()?;
         let (target_h, target_w) = size.unwrap_or((2 * height, 2 * width));
-        self.conv.forward(&x.upsample_nearest2d(target_h, target_w)?)
+        self.conv
+            .forward(&x.upsample_nearest2d(target_h, target_w)?)
     }
 }

@@ -6,7 +6,7 @@ use candle_nn::{GroupNorm, Linear, VarBuilder};
 
 use crate::attention::{ForwardCtx, SiteKind};
 
-use super::attention::{BasicTransformerBlock, SecondAttention, SiteRegistry};
+use super::attention::{BasicTransformerBlock, BlockAttention, SecondAttention, SiteRegistry};
 use super::video::VideoShape;
 
 /// Sizes of a transformer wrapper.
@@ -29,18 +29,25 @@ pub struct Transformer2D {
 }
 
 impl Transformer2D {
-    pub fn new(spec: TransformerSpec, context_dim: usize, vb: VarBuilder, sites: &mut SiteRegistry) -> Result<Self> {
+    pub fn new(
+        spec: TransformerSpec,
+        context_dim: usize,
+        vb: VarBuilder,
+        sites: &mut SiteRegistry,
+    ) -> Result<Self> {
         let inner = spec.heads * spec.head_dim;
         Ok(Self {
             norm: candle_nn::group_norm(spec.groups, spec.channels, 1e-6, vb.pp("norm"))?,
             proj_in: candle_nn::linear(spec.channels, inner, vb.pp("proj_in"))?,
             block: BasicTransformerBlock::new(
-                inner,
-                spec.heads,
-                spec.head_dim,
-                SiteKind::Spatial,
-                SecondAttention::Text { context_dim },
-                spec.stage,
+                BlockAttention {
+                    dim: inner,
+                    heads: spec.heads,
+                    head_dim: spec.head_dim,
+                    self_kind: SiteKind::Spatial,
+                    second: SecondAttention::Text { context_dim },
+                    stage: spec.stage,
+                },
                 vb.pp("transformer_blocks.0"),
                 sites,
             )?,
@@ -49,14 +56,24 @@ impl Transformer2D {
     }
 
     /// `x` `[B*F, C, H, W]`, `text` `[B, L, D]`.
-    pub fn forward(&self, x: &Tensor, text: &Tensor, video: VideoShape, ctx: &mut ForwardCtx) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        text: &Tensor,
+        video: VideoShape,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
         let (frames, channels, height, width) = x.dims4()?;
         let h = self.norm.forward(x)?;
-        let h = h.permute((0, 2, 3, 1))?.reshape((frames, height * width, channels))?;
+        let h = h
+            .permute((0, 2, 3, 1))?
+            .reshape((frames, height * width, channels))?;
         let h = self.proj_in.forward(&h)?;
         let h = self.block.forward(&h, Some(text), video.batch, ctx)?;
         let h = self.proj_out.forward(&h)?;
-        let h = h.reshape((frames, height, width, channels))?.permute((0, 3, 1, 2))?;
+        let h = h
+            .reshape((frames, height, width, channels))?
+            .permute((0, 3, 1, 2))?;
         h + x
     }
 }
@@ -77,12 +94,14 @@ impl TransformerTemporal {
             norm: candle_nn::group_norm(spec.groups, spec.channels, 1e-6, vb.pp("norm"))?,
             proj_in: candle_nn::linear(spec.channels, inner, vb.pp("proj_in"))?,
             block: BasicTransformerBlock::new(
-                inner,
-                spec.heads,
-                spec.head_dim,
-                SiteKind::Temporal,
-                SecondAttention::SelfAttention,
-                spec.stage,
+                BlockAttention {
+                    dim: inner,
+                    heads: spec.heads,
+                    head_dim: spec.head_dim,
+                    self_kind: SiteKind::Temporal,
+                    second: SecondAttention::SelfAttention,
+                    stage: spec.stage,
+                },
                 vb.pp("transformer_blocks.0"),
                 sites,
             )?,
@@ -97,7 +116,9 @@ impl TransformerTemporal {
         // The group norm's statistics span all frames of a batch item.
         let h = self.norm.forward(&video.to_channels_first(x)?)?;
         // [B, C, F, HW] → [B*HW, F, C]: one sequence of frames per pixel.
-        let h = h.permute((0, 3, 2, 1))?.reshape((video.batch * pixels, video.frames, channels))?;
+        let h = h
+            .permute((0, 3, 2, 1))?
+            .reshape((video.batch * pixels, video.frames, channels))?;
         let h = self.proj_in.forward(&h)?;
         let h = self.block.forward(&h, None, video.batch, ctx)?;
         let h = self.proj_out.forward(&h)?;

@@ -18,26 +18,19 @@ impl VideoShape {
     /// convolutions and for group norms whose statistics span frames.
     pub fn to_channels_first(&self, x: &Tensor) -> Result<Tensor> {
         let (_, channels, height, width) = x.dims4()?;
-        x.reshape((self.batch, self.frames, channels, height * width))?.transpose(1, 2)?.contiguous()
+        x.reshape((self.batch, self.frames, channels, height * width))?
+            .transpose(1, 2)?
+            .contiguous()
     }
 
     /// Inverse of [`Self::to_channels_first`] for a `[B, C, F, H*W]` tensor.
     pub fn from_channels_first(&self, x: &Tensor, height: usize, width: usize) -> Result<Tensor> {
         let channels = x.dim(1)?;
-        x.transpose(1, 2)?.contiguous()?.reshape((self.batch * self.frames, channels, height, width))
-    }
-
-    /// Repeats each batch item's rows `groups` times: `[B, ...]` → `[B*groups, ...]`, the layout
-    /// of diffusers' `repeat_interleave` (e.g. text states per frame).
-    pub fn repeat_per_group(x: &Tensor, groups: usize) -> Result<Tensor> {
-        if groups == 1 {
-            return Ok(x.clone());
-        }
-        let dims = x.dims();
-        let mut expanded = vec![dims[0], groups];
-        expanded.extend_from_slice(&dims[1..]);
-        let mut merged = vec![dims[0] * groups];
-        merged.extend_from_slice(&dims[1..]);
-        x.unsqueeze(1)?.broadcast_as(expanded)?.contiguous()?.reshape(merged)
+        x.transpose(1, 2)?.contiguous()?.reshape((
+            self.batch * self.frames,
+            channels,
+            height,
+            width,
+        ))
     }
 }
