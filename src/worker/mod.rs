@@ -102,8 +102,12 @@ impl WorkerPool {
 /// Sleeps up to `duration`, waking early when claiming stops.
 fn idle(control: &WorkerControl, duration: Duration) {
     let deadline = Instant::now() + duration;
-    while Instant::now() < deadline && !control.stop_claiming.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(10).min(duration));
+    while !control.stop_claiming.load(Ordering::SeqCst) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
 

@@ -29,8 +29,8 @@ struct SiteSummary {
 }
 
 /// Runs the UNet in `model_dir` (a UNet folder, or a pipeline folder with `unet/`) on the tensors
-/// of `inputs`, writes the prediction to `out`, and optionally the per-site statistics to
-/// `stats_json`, applying the plan in `plan_json` if given.
+/// of `inputs` in f32 on the CPU, writes the prediction to `out`, and optionally the per-site
+/// statistics to `stats_json`, applying the plan in `plan_json` if given.
 pub fn run_debug_unet(
     model_dir: &Path,
     inputs: &Path,
@@ -38,50 +38,80 @@ pub fn run_debug_unet(
     stats_json: Option<&Path>,
     plan_json: Option<&Path>,
 ) -> Result<()> {
-    let device = Device::Cpu;
-    let unet = UNet3DConditionModel::load_dir(&unet_dir(model_dir), &device, DType::F32)?;
-    let tensors = candle_core::safetensors::load(inputs, &device).map_err(|err| match err {
-        candle_core::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
-            ModelError::MissingFile {
-                path: inputs.to_path_buf(),
-            }
-        }
-        other => ModelError::invalid_config(inputs, other.to_string()),
-    })?;
-    let input = |key: &str| -> Result<Tensor> {
-        let tensor = tensors.get(key).ok_or_else(|| ModelError::MissingTensor {
-            file: inputs.to_path_buf(),
-            key: key.to_string(),
-        })?;
-        Ok(tensor.to_dtype(DType::F32)?)
-    };
-    let sample = input("sample")?;
-    let timestep = input("timestep")?;
-    let text = input("encoder_hidden_states")?;
-
-    let batch = sample.dim(0)?;
-    let first_timestep = timestep.flatten_all()?.get(0)?.to_scalar::<f32>()? as f64;
-    let step = StepInfo {
-        index: 0,
-        num_steps: 1,
-        timestep: first_timestep,
-    };
-
-    let mut controller = build_controller(plan_json, stats_json.is_some(), &unet)?;
-    let prediction = {
-        let control = controller.as_mut().map(|c| c.as_control());
-        let mut ctx = ForwardCtx::new(step, vec![BatchRole::MAIN_COND; batch], control);
-        unet.forward(&sample, &timestep, &text, &mut ctx)?
-    };
-    candle_core::safetensors::save(&HashMap::from([("sample".to_string(), prediction)]), out)?;
-
-    if let Some(stats_path) = stats_json {
-        let records = controller
-            .map(DebugController::into_records)
-            .unwrap_or_default();
-        write_stats(stats_path, &records)?;
+    DebugUnet {
+        model_dir,
+        inputs,
+        out,
+        stats_json,
+        plan_json,
     }
-    Ok(())
+    .run(&Device::Cpu, DType::F32)
+}
+
+/// The files of one `debug unet` run.
+#[derive(Debug, Clone, Copy)]
+pub struct DebugUnet<'a> {
+    pub model_dir: &'a Path,
+    pub inputs: &'a Path,
+    pub out: &'a Path,
+    pub stats_json: Option<&'a Path>,
+    pub plan_json: Option<&'a Path>,
+}
+
+impl DebugUnet<'_> {
+    /// Runs on `device` with the model and inputs in `dtype`; the prediction is written as f32.
+    pub fn run(&self, device: &Device, dtype: DType) -> Result<()> {
+        let inputs = self.inputs;
+        let unet = UNet3DConditionModel::load_dir(&unet_dir(self.model_dir), device, dtype)?;
+        let tensors =
+            candle_core::safetensors::load(inputs, &Device::Cpu).map_err(|err| match err {
+                candle_core::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                    ModelError::MissingFile {
+                        path: inputs.to_path_buf(),
+                    }
+                }
+                other => ModelError::invalid_config(inputs, other.to_string()),
+            })?;
+        let input = |key: &str, dtype: DType| -> Result<Tensor> {
+            let tensor = tensors.get(key).ok_or_else(|| ModelError::MissingTensor {
+                file: inputs.to_path_buf(),
+                key: key.to_string(),
+            })?;
+            Ok(tensor.to_dtype(dtype)?.to_device(device)?)
+        };
+        let sample = input("sample", dtype)?;
+        // Timesteps stay f32: the sinusoidal features are computed in f32 whatever the dtype.
+        let timestep = input("timestep", DType::F32)?;
+        let text = input("encoder_hidden_states", dtype)?;
+
+        let batch = sample.dim(0)?;
+        let first_timestep = timestep.flatten_all()?.get(0)?.to_scalar::<f32>()? as f64;
+        let step = StepInfo {
+            index: 0,
+            num_steps: 1,
+            timestep: first_timestep,
+        };
+
+        let mut controller = build_controller(self.plan_json, self.stats_json.is_some(), &unet)?;
+        let prediction = {
+            let control = controller.as_mut().map(|c| c.as_control());
+            let mut ctx = ForwardCtx::new(step, vec![BatchRole::MAIN_COND; batch], control);
+            unet.forward(&sample, &timestep, &text, &mut ctx)?
+        };
+        let prediction = prediction.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        candle_core::safetensors::save(
+            &HashMap::from([("sample".to_string(), prediction)]),
+            self.out,
+        )?;
+
+        if let Some(stats_path) = self.stats_json {
+            let records = controller
+                .map(DebugController::into_records)
+                .unwrap_or_default();
+            write_stats(stats_path, &records)?;
+        }
+        Ok(())
+    }
 }
 
 /// `dir/unet` when `dir` is a pipeline folder, else `dir`.

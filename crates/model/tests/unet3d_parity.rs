@@ -9,7 +9,7 @@ use entrovid_model::attention::{
     AttentionControl, AttentionPlan, BatchRole, EntropyRankSupport, ForwardCtx, PlanController,
     RecordMode, SiteStepStats, StatsRecorder, StepInfo,
 };
-use entrovid_model::debug::run_debug_unet;
+use entrovid_model::debug::{run_debug_unet, DebugUnet};
 use entrovid_model::unet3d::UNet3DConditionModel;
 use serde_json::Value;
 
@@ -337,4 +337,39 @@ fn debug_tool_writes_prediction_and_statistics() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("none.safetensors"), "{err}");
+}
+
+#[test]
+fn debug_tool_runs_in_half_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let fixture = fixture("tiny_a");
+    let inputs = fixture.join("ref/unet.safetensors");
+    let run = DebugUnet {
+        model_dir: &fixture,
+        inputs: &inputs,
+        out: &out,
+        stats_json: None,
+        plan_json: None,
+    };
+    run.run(&Device::Cpu, DType::F16).unwrap();
+    let written = load_tensors(&out);
+    assert_eq!(written["sample"].dtype(), DType::F32);
+    let reference = &load_tensors(&inputs)["out_sample"];
+    let max_ref = reference
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let diff = (&written["sample"] - reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff <= 3e-2 * max_ref.max(1.0), "f16 run differs by {diff}");
 }

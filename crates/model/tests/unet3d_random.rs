@@ -430,3 +430,30 @@ fn half_precision_runs_close_to_f32_and_records_statistics() {
         .iter()
         .all(|r| r.entropy.is_finite() && r.energy.is_finite() && r.energy > 0.0));
 }
+
+#[test]
+fn strided_text_states_give_the_same_result() {
+    let unet = tiny_unet();
+    let mut batch = inputs(2, 2, 4, 4);
+    let contiguous = run(&unet, &batch, None);
+    // The same values laid out as [B, D, L] and viewed as [B, L, D].
+    batch.text = batch
+        .text
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap();
+    assert!(!batch.text.is_contiguous());
+    let strided = run(&unet, &batch, None);
+    let diff = (contiguous - strided)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+}

@@ -12,6 +12,8 @@
 //!   along that direction: right direction and visibly moving.
 //! - `size` (only for prompts with a size word): 1 inside the word's equivalent-radius range,
 //!   exp(-d²/2σ²) at distance d outside it (σ = `size_sigma`).
+//! - `speed` (only for prompts with a speed word): the same, for the travel along the prompt's
+//!   direction (D · u / L) against the word's range (σ = `speed_sigma`).
 //! - `temporal`: geometric mean of presence (share of frames with the object), path stability
 //!   exp(-(r/(path_jitter_scale · radius))²) for the centroids' RMS residual r from constant
 //!   velocity, area stability exp(-(a/area_jitter_scale)²) for the relative area residual a,
@@ -19,9 +21,10 @@
 //! - `sharpness`: mean over frames of min(1, w_ideal / w), with w the object's edge-ramp width and
 //!   w_ideal that of the renderer's anti-aliased template at the same place and size.
 //! - `adherence`: geometric mean of the prompt measures (colour, shape, motion, background and
-//!   size when named): a video adheres only as far as it satisfies every part of the prompt.
+//!   size and speed when named): a video adheres only as far as it satisfies every part of the prompt.
 //!
-//! With no object found, the object measures (colour, shape, motion, size, sharpness) are 0.
+//! With no object found, the object measures (colour, shape, motion, size, speed, temporal,
+//! sharpness) are 0.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,14 +41,15 @@ pub struct Scores {
     pub motion: f64,
     pub background: f64,
     pub size: Option<f64>,
+    pub speed: Option<f64>,
     pub temporal: f64,
     pub sharpness: f64,
     pub adherence: f64,
 }
 
 /// The names under which measures are reported, in report order.
-pub const MEASURES: [&str; 8] =
-    ["adherence", "colour", "shape", "motion", "background", "size", "temporal", "sharpness"];
+pub const MEASURES: [&str; 9] =
+    ["adherence", "colour", "shape", "motion", "background", "size", "speed", "temporal", "sharpness"];
 
 impl Scores {
     /// (name, value) for each measure this video has, in [`MEASURES`] order.
@@ -57,6 +61,7 @@ impl Scores {
             ("motion", Some(self.motion)),
             ("background", Some(self.background)),
             ("size", self.size),
+            ("speed", self.speed),
             ("temporal", Some(self.temporal)),
             ("sharpness", Some(self.sharpness)),
         ];
@@ -77,8 +82,8 @@ pub fn score(grammar: &Grammar, observation: &Observation, prompt: &Prompt) -> R
     let background = gaussian(colour_distance(observation.background, meaning.background), sigma);
     let background_stability = (-(observation.background_jitter / sigma).powi(2)).exp();
 
-    let (colour, shape, motion, size, temporal, sharpness) = match &observation.object {
-        None => (0.0, 0.0, 0.0, meaning.size_named.then_some(0.0), 0.0, 0.0),
+    let (colour, shape, motion, size, speed, temporal, sharpness) = match &observation.object {
+        None => (0.0, 0.0, 0.0, meaning.size_named.then_some(0.0), meaning.speed_named.then_some(0.0), 0.0, 0.0),
         Some(object) => {
             let colour = gaussian(colour_distance(object.colour, meaning.colour), sigma);
 
@@ -107,12 +112,16 @@ pub fn score(grammar: &Grammar, observation: &Observation, prompt: &Prompt) -> R
             } else {
                 0.0
             };
+            let travel_fraction = (dx * ux + dy * uy) / extent;
+            let speed = meaning
+                .speed_named
+                .then(|| gaussian(distance_outside(travel_fraction, meaning.travel_range), params.speed_sigma));
 
             let short_side = observation.width.min(observation.height) as f64;
             let relative_radius = object.equivalent_radius_px / short_side;
-            let [low, high] = meaning.size_range;
-            let outside = (low - relative_radius).max(relative_radius - high).max(0.0);
-            let size = meaning.size_named.then(|| gaussian(outside, params.size_sigma));
+            let size = meaning
+                .size_named
+                .then(|| gaussian(distance_outside(relative_radius, meaning.size_range), params.size_sigma));
 
             let presence = object.present_frames as f64 / observation.frames as f64;
             let path_stability =
@@ -126,17 +135,19 @@ pub fn score(grammar: &Grammar, observation: &Observation, prompt: &Prompt) -> R
                 background_stability,
                 colour_stability,
             ]);
-            (colour, shape, motion, size, temporal, object.sharpness)
+            (colour, shape, motion, size, speed, temporal, object.sharpness)
         }
     };
     let mut prompt_measures = vec![colour, shape, motion, background];
     prompt_measures.extend(size);
+    prompt_measures.extend(speed);
     Ok(Scores {
         colour,
         shape,
         motion,
         background,
         size,
+        speed,
         temporal,
         sharpness,
         adherence: geometric_mean(&prompt_measures),
@@ -150,6 +161,11 @@ fn colour_distance(observed: [f64; 3], named: [u8; 3]) -> f64 {
 /// exp(-d²/2σ²): 1 at d = 0, about 0.61 at d = σ.
 fn gaussian(distance: f64, sigma: f64) -> f64 {
     (-(distance / sigma).powi(2) / 2.0).exp()
+}
+
+/// How far `value` lies outside [low, high]; 0 inside.
+fn distance_outside(value: f64, [low, high]: [f64; 2]) -> f64 {
+    (low - value).max(value - high).max(0.0)
 }
 
 fn sigmoid(x: f64) -> f64 {

@@ -48,6 +48,8 @@ pub struct EvaluationParams {
     pub min_travel: f64,
     /// Equivalent-radius distance (fraction of the short side) at which size agreement falls to exp(-1/2).
     pub size_sigma: f64,
+    /// Travel distance (fraction of the frame's extent along the motion) at which speed agreement falls to exp(-1/2).
+    pub speed_sigma: f64,
     /// Temperature of the sigmoid over the shape-fit margin (IoU units).
     pub shape_margin_temperature: f64,
     /// Path jitter (RMS residual of the centroid, in object radii) at which path stability is exp(-1).
@@ -70,6 +72,7 @@ pub enum SlotKind {
     Colour,
     Shape,
     Motion,
+    Speed,
     Background,
 }
 
@@ -80,9 +83,15 @@ impl SlotKind {
             "colour" => Some(Self::Colour),
             "shape" => Some(Self::Shape),
             "motion" => Some(Self::Motion),
+            "speed" => Some(Self::Speed),
             "background" => Some(Self::Background),
             _ => None,
         }
+    }
+
+    /// Size and speed may be left unsaid; every prompt names the other attributes.
+    pub fn is_optional(self) -> bool {
+        matches!(self, Self::Size | Self::Speed)
     }
 
     pub fn name(self) -> &'static str {
@@ -91,10 +100,14 @@ impl SlotKind {
             Self::Colour => "colour",
             Self::Shape => "shape",
             Self::Motion => "motion",
+            Self::Speed => "speed",
             Self::Background => "background",
         }
     }
 }
+
+/// Vocabularies that may be empty (their template slots are optional).
+const OPTIONAL_VOCABULARIES: [&str; 2] = ["sizes", "speeds"];
 
 /// The file's layout; [`Grammar`] is its validated form.
 #[derive(Debug, Deserialize)]
@@ -112,7 +125,8 @@ struct GrammarFile {
     motions: BTreeMap<String, [f64; 2]>,
     sizes: BTreeMap<String, [f64; 2]>,
     unsized_range: [f64; 2],
-    travel_range: [f64; 2],
+    speeds: BTreeMap<String, [f64; 2]>,
+    unspeeded_range: [f64; 2],
     edge_margin_px: f64,
     held_out: HeldOutRule,
     evaluation: EvaluationParams,
@@ -134,8 +148,11 @@ pub struct Grammar {
     pub sizes: BTreeMap<String, [f64; 2]>,
     /// Equivalent-radius range for a prompt without a size word.
     pub unsized_range: [f64; 2],
-    /// Share of the free room along the motion that the object crosses during the clip.
-    pub travel_range: [f64; 2],
+    /// How far the object travels over the clip, as a fraction of the frame's extent along the
+    /// motion, named by speed words.
+    pub speeds: BTreeMap<String, [f64; 2]>,
+    /// Travel range for a prompt without a speed word.
+    pub unspeeded_range: [f64; 2],
     /// Gap kept between the object and the frame edge, in pixels.
     pub edge_margin_px: f64,
     pub held_out: HeldOutRule,
@@ -175,15 +192,16 @@ impl Grammar {
             };
             shapes.insert(name.clone(), shape);
         }
-        let vocabularies: [(&str, Vec<&String>); 5] = [
+        let vocabularies: [(&str, Vec<&String>); 6] = [
             ("shapes", shapes.keys().collect()),
             ("colours", file.colours.keys().collect()),
             ("backgrounds", file.backgrounds.keys().collect()),
             ("motions", file.motions.keys().collect()),
             ("sizes", file.sizes.keys().collect()),
+            ("speeds", file.speeds.keys().collect()),
         ];
         for (what, words) in &vocabularies {
-            if words.is_empty() && *what != "sizes" {
+            if words.is_empty() && !OPTIONAL_VOCABULARIES.contains(what) {
                 return bad(format!("{what} is empty"));
             }
             for word in words {
@@ -205,8 +223,10 @@ impl Grammar {
                 return bad(format!("size range {name:?} must satisfy 0 < low <= high < 0.5"));
             }
         }
-        if !is_increasing_range(file.travel_range) || file.travel_range[1] > 1.0 {
-            return bad("travel_range must satisfy 0 < low <= high <= 1".into());
+        for (name, range) in file.speeds.iter().chain([(&"unspeeded_range".to_string(), &file.unspeeded_range)]) {
+            if !is_increasing_range(*range) || range[1] > 1.0 {
+                return bad(format!("speed range {name:?} must satisfy 0 < low <= high <= 1"));
+            }
         }
         if !(file.edge_margin_px >= 0.0 && file.edge_margin_px.is_finite()) {
             return bad("edge_margin_px must be a non-negative number".into());
@@ -221,6 +241,7 @@ impl Grammar {
             e.min_object_pixels,
             e.min_travel,
             e.size_sigma,
+            e.speed_sigma,
             e.shape_margin_temperature,
             e.path_jitter_scale,
             e.area_jitter_scale,
@@ -228,11 +249,14 @@ impl Grammar {
         if tolerances.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
             return bad("evaluation tolerances must be positive numbers".into());
         }
-        let has_size_slot = template
-            .iter()
-            .any(|part| matches!(part, TemplatePart::Slot { kind: SlotKind::Size, .. }));
-        if !has_size_slot && !file.sizes.is_empty() {
+        let has_slot = |wanted: SlotKind| {
+            template.iter().any(|part| matches!(part, TemplatePart::Slot { kind, .. } if *kind == wanted))
+        };
+        if !has_slot(SlotKind::Size) && !file.sizes.is_empty() {
             return bad("sizes are listed but the template has no {size?} slot".into());
+        }
+        if !has_slot(SlotKind::Speed) && !file.speeds.is_empty() {
+            return bad("speeds are listed but the template has no {speed?} slot".into());
         }
         Ok(Self {
             version: file.version,
@@ -244,7 +268,8 @@ impl Grammar {
             motions,
             sizes: file.sizes,
             unsized_range: file.unsized_range,
-            travel_range: file.travel_range,
+            speeds: file.speeds,
+            unspeeded_range: file.unspeeded_range,
             edge_margin_px: file.edge_margin_px,
             held_out: file.held_out,
             evaluation: file.evaluation,
@@ -254,6 +279,7 @@ impl Grammar {
     /// The words a slot accepts, in the grammar's fixed order.
     pub fn vocabulary(&self, kind: SlotKind) -> Vec<&str> {
         match kind {
+            SlotKind::Speed => self.speeds.keys().map(String::as_str).collect(),
             SlotKind::Size => self.sizes.keys().map(String::as_str).collect(),
             SlotKind::Colour => self.colours.keys().map(String::as_str).collect(),
             SlotKind::Shape => self.shapes.keys().map(String::as_str).collect(),
@@ -273,7 +299,7 @@ fn is_normalised_phrase(phrase: &str) -> bool {
 }
 
 /// Turns `["a", "{size?}", "{colour}", ...]` into template parts; every attribute slot except
-/// size must appear exactly once, because a prompt names exactly one of each.
+/// the optional ones must appear exactly once, because a prompt names exactly one of each.
 fn parse_template(words: &[String]) -> Result<Vec<TemplatePart>> {
     let mut parts = Vec::with_capacity(words.len());
     let mut seen: Vec<SlotKind> = Vec::new();
@@ -288,9 +314,9 @@ fn parse_template(words: &[String]) -> Result<Vec<TemplatePart>> {
             if seen.contains(&kind) {
                 return Err(WorldError::Grammar(format!("template slot {word:?} appears twice")));
             }
-            if optional != (kind == SlotKind::Size) {
+            if optional != kind.is_optional() {
                 return Err(WorldError::Grammar(format!(
-                    "template slot {word:?}: only the size slot is optional, and it must be marked with '?'"
+                    "template slot {word:?}: the size and speed slots, and only they, are optional (marked with '?')"
                 )));
             }
             seen.push(kind);

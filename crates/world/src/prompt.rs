@@ -7,7 +7,8 @@ use crate::error::{Result, WorldError};
 use crate::geometry::Shape;
 use crate::grammar::{Grammar, Rgb, SlotKind, TemplatePart};
 
-/// The attributes that define the held-out split (size is left out: it is a nuisance factor).
+/// The attributes that define the held-out split (size and speed are left out: they are
+/// nuisance factors that any tuple may take).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Tuple {
     pub colour: String,
@@ -22,6 +23,7 @@ pub struct Prompt {
     #[serde(flatten)]
     pub tuple: Tuple,
     pub size: Option<String>,
+    pub speed: Option<String>,
 }
 
 /// What a prompt's words mean, looked up in the grammar.
@@ -35,6 +37,10 @@ pub struct Meaning {
     /// Equivalent-radius range (fraction of the short side); the unsized range when no size word.
     pub size_range: [f64; 2],
     pub size_named: bool,
+    /// Travel over the clip as a fraction of the frame's extent along the motion; the unspeeded
+    /// range when no speed word.
+    pub travel_range: [f64; 2],
+    pub speed_named: bool,
 }
 
 impl Prompt {
@@ -44,7 +50,7 @@ impl Prompt {
         let normalised = text.trim().trim_end_matches('.').to_lowercase();
         let words: Vec<&str> = normalised.split_whitespace().collect();
         let mut position = 0;
-        let mut found: [Option<String>; 5] = Default::default();
+        let mut found: [Option<String>; 6] = Default::default();
         for part in &grammar.template {
             match part {
                 TemplatePart::Literal(literal) => {
@@ -75,7 +81,7 @@ impl Prompt {
         if position != words.len() {
             return Err(fail(format!("unexpected words after word {position}")));
         }
-        let [size, colour, shape, motion, background] = found;
+        let [size, colour, shape, motion, speed, background] = found;
         let required = |value: Option<String>, kind: SlotKind| {
             value.ok_or_else(|| fail(format!("no {} found", kind.name())))
         };
@@ -87,6 +93,7 @@ impl Prompt {
                 background: required(background, SlotKind::Background)?,
             },
             size,
+            speed,
         })
     }
 
@@ -109,6 +116,7 @@ impl Prompt {
     pub fn slot(&self, kind: SlotKind) -> Option<&str> {
         match kind {
             SlotKind::Size => self.size.as_deref(),
+            SlotKind::Speed => self.speed.as_deref(),
             SlotKind::Colour => Some(&self.tuple.colour),
             SlotKind::Shape => Some(&self.tuple.shape),
             SlotKind::Motion => Some(&self.tuple.motion),
@@ -127,6 +135,10 @@ impl Prompt {
             Some(word) => *grammar.sizes.get(word).ok_or_else(|| unknown(SlotKind::Size, word))?,
             None => grammar.unsized_range,
         };
+        let travel_range = match &self.speed {
+            Some(word) => *grammar.speeds.get(word).ok_or_else(|| unknown(SlotKind::Speed, word))?,
+            None => grammar.unspeeded_range,
+        };
         Ok(Meaning {
             colour: *grammar.colours.get(&t.colour).ok_or_else(|| unknown(SlotKind::Colour, &t.colour))?,
             shape: *grammar.shapes.get(&t.shape).ok_or_else(|| unknown(SlotKind::Shape, &t.shape))?,
@@ -137,6 +149,8 @@ impl Prompt {
                 .ok_or_else(|| unknown(SlotKind::Background, &t.background))?,
             size_range,
             size_named: self.size.is_some(),
+            travel_range,
+            speed_named: self.speed.is_some(),
         })
     }
 }
@@ -168,18 +182,26 @@ pub fn all_tuples(grammar: &Grammar) -> Vec<Tuple> {
     tuples
 }
 
-/// The size choices of a prompt: none, or one of the size words.
-pub fn size_choices(grammar: &Grammar) -> Vec<Option<String>> {
-    std::iter::once(None).chain(grammar.sizes.keys().cloned().map(Some)).collect()
+/// The choices of an optional slot (size or speed): none, or one of its words.
+pub fn optional_choices(grammar: &Grammar, kind: SlotKind) -> Vec<Option<String>> {
+    std::iter::once(None)
+        .chain(grammar.vocabulary(kind).into_iter().map(|word| Some(word.to_string())))
+        .collect()
 }
 
-/// Every prompt the grammar can say: each tuple with each size choice.
+/// Every prompt the grammar can say: each tuple with each size and speed choice.
 pub fn all_prompts(grammar: &Grammar) -> Vec<Prompt> {
-    let sizes = size_choices(grammar);
-    all_tuples(grammar)
-        .into_iter()
-        .flat_map(|tuple| sizes.iter().map(move |size| Prompt { tuple: tuple.clone(), size: size.clone() }))
-        .collect()
+    let sizes = optional_choices(grammar, SlotKind::Size);
+    let speeds = optional_choices(grammar, SlotKind::Speed);
+    let mut prompts = Vec::new();
+    for tuple in all_tuples(grammar) {
+        for size in &sizes {
+            for speed in &speeds {
+                prompts.push(Prompt { tuple: tuple.clone(), size: size.clone(), speed: speed.clone() });
+            }
+        }
+    }
+    prompts
 }
 
 fn slot_index(kind: SlotKind) -> usize {
@@ -188,7 +210,8 @@ fn slot_index(kind: SlotKind) -> usize {
         SlotKind::Colour => 1,
         SlotKind::Shape => 2,
         SlotKind::Motion => 3,
-        SlotKind::Background => 4,
+        SlotKind::Speed => 4,
+        SlotKind::Background => 5,
     }
 }
 

@@ -28,8 +28,9 @@ pub struct Scene {
 }
 
 impl Scene {
-    /// Draws the seed-dependent parameters: size within the prompt's range, how much of the free
-    /// room the object crosses, and where it starts (always fully inside the frame).
+    /// Draws the seed-dependent parameters: size within the prompt's range, how far the object
+    /// travels (within the prompt's speed range, as far as the frame has room), and where it
+    /// starts (always fully inside the frame).
     pub fn sample(
         grammar: &Grammar,
         prompt: &Prompt,
@@ -59,7 +60,15 @@ impl Scene {
             .filter(|&axis| direction[axis].abs() > 1e-12)
             .map(|axis| (high[axis] - low[axis]) / direction[axis].abs())
             .fold(f64::INFINITY, f64::min);
-        let travel = random.between(grammar.travel_range) * room;
+        let extent = direction[0].abs() * width as f64 + direction[1].abs() * height as f64;
+        let [slowest, fastest] = meaning.travel_range.map(|fraction| fraction * extent);
+        if slowest > room {
+            return Err(WorldError::Argument(format!(
+                "{:?} needs {slowest:.1} pixels of travel but a {width}x{height} frame leaves {room:.1}",
+                prompt.text(grammar)
+            )));
+        }
+        let travel = random.between([slowest, fastest.min(room)]);
         let mut start = [0.0; 2];
         for axis in 0..2 {
             let shift = travel * direction[axis];

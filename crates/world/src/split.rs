@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::WorldError;
 use crate::grammar::Grammar;
-use crate::prompt::{all_tuples, size_choices, Prompt, Tuple};
+use crate::grammar::SlotKind;
+use crate::prompt::{all_tuples, optional_choices, Prompt, Tuple};
 use crate::rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -82,10 +83,12 @@ pub fn split_tuples(grammar: &Grammar, split: Split) -> Vec<Tuple> {
 }
 
 /// `count` prompts drawn uniformly (with replacement) from the split's tuples, each with a
-/// uniformly chosen size word or none; the same (grammar, split, count, seed) gives the same list.
+/// uniformly chosen size word or none and speed word or none; the same (grammar, split, count,
+/// seed) gives the same list.
 pub fn sample_prompts(grammar: &Grammar, split: Split, count: usize, seed: u64) -> Vec<Prompt> {
     let tuples = split_tuples(grammar, split);
-    let sizes = size_choices(grammar);
+    let sizes = optional_choices(grammar, SlotKind::Size);
+    let speeds = optional_choices(grammar, SlotKind::Speed);
     if tuples.is_empty() {
         return Vec::new();
     }
@@ -94,6 +97,7 @@ pub fn sample_prompts(grammar: &Grammar, split: Split, count: usize, seed: u64) 
         .map(|_| Prompt {
             tuple: tuples[random.index(tuples.len())].clone(),
             size: sizes[random.index(sizes.len())].clone(),
+            speed: speeds[random.index(speeds.len())].clone(),
         })
         .collect()
 }

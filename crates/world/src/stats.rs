@@ -29,6 +29,29 @@ impl Summary {
     }
 }
 
+/// One scored video of an evaluation run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredVideo {
+    pub prompt: String,
+    /// The generation (or render) seed, where the caller knows it.
+    pub seed: Option<u64>,
+    pub scores: Scores,
+}
+
+/// An evaluation run: the summary over all videos and every video's scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub summary: Summary,
+    pub videos: Vec<ScoredVideo>,
+}
+
+impl Report {
+    pub fn new(videos: Vec<ScoredVideo>) -> Self {
+        let scores: Vec<Scores> = videos.iter().map(|v| v.scores.clone()).collect();
+        Self { summary: summarise(&scores), videos }
+    }
+}
+
 pub fn summarise(scores: &[Scores]) -> Summary {
     let per_video: Vec<Vec<(&str, f64)>> = scores.iter().map(Scores::measures).collect();
     let measures = MEASURES
@@ -90,6 +113,7 @@ mod tests {
             motion: adherence,
             background: adherence,
             size,
+            speed: None,
             temporal: 1.0,
             sharpness: 1.0,
             adherence,
@@ -117,6 +141,7 @@ mod tests {
         let size = summary.measure("size").unwrap();
         assert_eq!((size.n, size.ci95), (1, None));
         let names: Vec<&str> = summary.measures.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, MEASURES);
+        let with_values: Vec<&str> = MEASURES.iter().copied().filter(|&m| m != "speed").collect();
+        assert_eq!(names, with_values);
     }
 }

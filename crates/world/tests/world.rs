@@ -21,13 +21,14 @@ fn parse(grammar: &Grammar, text: &str) -> Prompt {
 fn every_grammar_prompt_parses_back_to_itself() {
     let grammar = grammar();
     let prompts = all_prompts(&grammar);
-    assert_eq!(prompts.len(), 8 * 3 * 4 * 4 * 3);
+    assert_eq!(prompts.len(), 8 * 3 * 4 * 4 * 3 * 3);
     for prompt in &prompts {
         assert_eq!(&parse(&grammar, &prompt.text(&grammar)), prompt);
     }
     let example = parse(&grammar, "  A Red circle moving RIGHT on a  dark green background. ");
     assert_eq!(example.text(&grammar), "a red circle moving right on a dark green background");
-    assert_eq!(parse(&grammar, "a large cyan triangle moving up on a navy background").size.as_deref(), Some("large"));
+    let sized = parse(&grammar, "a large cyan triangle moving up quickly on a navy background");
+    assert_eq!((sized.size.as_deref(), sized.speed.as_deref()), (Some("large"), Some("quickly")));
 }
 
 #[test]
@@ -42,6 +43,8 @@ fn malformed_prompts_are_errors() {
         "a red circle moving right on a black background today",
         "a red circle moving right",
         "a huge red circle moving right on a black background",
+        "a red circle moving right fast on a black background",
+        "a red small circle moving right on a black background",
     ] {
         assert!(Prompt::parse(&grammar, text).is_err(), "{text:?} parsed");
     }
@@ -91,8 +94,13 @@ fn rendering_is_deterministic_and_keeps_the_object_inside() {
                     }
                 }
             }
-            let [low, high] = prompt.meaning(&grammar).unwrap().size_range;
+            let meaning = prompt.meaning(&grammar).unwrap();
+            let [low, high] = meaning.size_range;
             assert!((low..=high).contains(&(scene.radius_px / w.min(h) as f64)));
+            let travel = (scene.velocity[0].abs() * w as f64 + scene.velocity[1].abs() * h as f64) * 15.0;
+            let [slowest, fastest] = meaning.travel_range;
+            let extent = meaning.direction[0].abs() * w as f64 + meaning.direction[1].abs() * h as f64;
+            assert!(travel >= slowest * extent - 1e-9 && travel <= fastest * extent + 1e-9, "{prompt:?}");
         }
     }
     // Larger frames and other clip lengths work too; impossible geometries are errors.
@@ -149,4 +157,60 @@ fn sampled_prompts_are_deterministic_and_stay_in_their_split() {
     let test = sample_prompts(&grammar, Split::HeldOut, 200, 5);
     assert!(test.iter().all(|p| held_out.contains(&p.tuple)));
     assert!(train.iter().any(|p| p.size.is_none()) && train.iter().any(|p| p.size.is_some()));
+    assert!(train.iter().any(|p| p.speed.is_none()) && train.iter().any(|p| p.speed.is_some()));
+}
+
+#[test]
+fn exported_dataset_reads_back_as_the_same_renders() {
+    let grammar = grammar();
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("train.safetensors");
+    let video = VideoSize { frames: 8, width: 32, height: 24 };
+    let manifest = write_dataset(&grammar, &path, 5, 42, Split::Train, video).unwrap();
+    assert_eq!(manifest.items.len(), 5);
+    let videos = read_videos(&path).unwrap();
+    let prompts = read_prompts(&manifest_path(&path)).unwrap();
+    assert_eq!((videos.len(), prompts.len()), (5, 5));
+    let held_out = held_out_tuples(&grammar);
+    for ((item, clip), text) in manifest.items.iter().zip(&videos).zip(&prompts) {
+        assert_eq!(&item.prompt, text);
+        let prompt = Prompt::parse(&grammar, text).unwrap();
+        assert_eq!(prompt, item.words);
+        assert!(!held_out.contains(&prompt.tuple));
+        let expected = render(&grammar, &prompt, item.seed, 8, 32, 24).unwrap();
+        assert_eq!(clip.frames(), expected.as_slice());
+    }
+    // The header is the safetensors layout: u64 length, JSON, 8-byte aligned data.
+    let bytes = std::fs::read(&path).unwrap();
+    let header_length = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(header_length % 8, 0);
+    assert_eq!(bytes.len(), 8 + header_length + 5 * 8 * 24 * 32 * 3);
+    // Same arguments, same bytes.
+    let again = directory.path().join("again.safetensors");
+    write_dataset(&grammar, &again, 5, 42, Split::Train, video).unwrap();
+    assert_eq!(std::fs::read(&again).unwrap(), bytes);
+
+    // A truncated file is an error, not a panic.
+    std::fs::write(&again, &bytes[..bytes.len() - 1]).unwrap();
+    assert!(read_videos(&again).is_err());
+    std::fs::write(&again, [1u8, 2, 3]).unwrap();
+    assert!(read_videos(&again).is_err());
+}
+
+#[test]
+fn invalid_grammars_are_rejected() {
+    let shipped = include_str!("../../../world/grammar.json");
+    for (from, to) in [
+        ("\"circle\", \"square\"", "\"circle\", \"hexagon\""),
+        ("\"{motion}\", \"on\"", "\"on\""),
+        ("\"moving left\": [-1, 0]", "\"moving left\": [0, 0]"),
+        ("\"fraction\": 0.2", "\"fraction\": 1.5"),
+        ("\"red\": [220, 40, 40]", "\"Red\": [220, 40, 40]"),
+        ("\"colour_sigma\": 35.0", "\"colour_sigma\": -1.0"),
+    ] {
+        let broken = shipped.replace(from, to);
+        assert_ne!(broken, shipped, "{from}");
+        assert!(Grammar::from_json(&broken).is_err(), "{to}");
+    }
+    assert!(Grammar::from_json("{").is_err());
 }

@@ -233,6 +233,8 @@ impl UNet3DConditionModel {
         let forward_upsample_size = height % up_factor != 0 || width % up_factor != 0;
 
         let temb = self.time_embedding.forward(&timesteps, sample.dtype())?;
+        // candle's batched Linear miscomputes non-contiguous 3-D inputs (see model-api.md).
+        let encoder_hidden_states = &encoder_hidden_states.contiguous()?;
         let inputs = BlockInputs {
             temb: &temb,
             text: encoder_hidden_states,
