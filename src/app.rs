@@ -18,7 +18,8 @@ use crate::http::{self, AppState};
 use crate::jobs::{AdmissionSettings, EventHub, JobNotifier, JobService, ModelCatalog};
 use crate::metrics::AppMetrics;
 use crate::store::{now_millis, JobStore, SqliteStore};
-use crate::webhooks::{RetryPolicy, WebhookDispatcher};
+use crate::jobs::deliveries::Deliverer;
+use crate::webhooks::RetryPolicy;
 use crate::worker::backend::BackendProvider;
 use crate::worker::{WorkerContext, WorkerControl, WorkerPool};
 
@@ -107,6 +108,8 @@ pub struct Server {
     stop_http: oneshot::Sender<()>,
     http: JoinHandle<std::io::Result<()>>,
     workers: Option<WorkerPool>,
+    /// The webhook delivery loop; pending deliveries stay in the outbox when it stops.
+    deliveries: JoinHandle<()>,
     grace: Duration,
 }
 
@@ -121,8 +124,8 @@ impl Server {
         }
         let catalog = Arc::new(build_catalog(parts.provider.models(), settings.models.default.as_deref())?);
         let hub = EventHub::new();
-        let webhooks = WebhookDispatcher::start(&tokio::runtime::Handle::current(), &settings.webhooks, parts.webhook_retry.clone());
-        let notifier = JobNotifier { hub: hub.clone(), webhooks: Some(webhooks) };
+        let deliveries = Deliverer::start(storage.store.clone(), &settings.webhooks, parts.webhook_retry.clone());
+        let notifier = JobNotifier { hub: hub.clone() };
         let metrics = Arc::new(AppMetrics::new());
         let draining = Arc::new(AtomicBool::new(false));
         let admission = AdmissionSettings {
@@ -169,6 +172,7 @@ impl Server {
             stop_http,
             http,
             workers,
+            deliveries,
             grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
         })
     }
@@ -182,6 +186,7 @@ impl Server {
             let _ = tokio::task::spawn_blocking(move || workers.shutdown(grace)).await;
         }
         let _ = self.stop_http.send(());
+        self.deliveries.abort();
         let mut http = self.http;
         if tokio::time::timeout(Duration::from_secs(5), &mut http).await.is_err() {
             http.abort();
@@ -193,14 +198,15 @@ impl Server {
 /// A running `entrovid worker` process: worker threads only, on the shared database.
 pub struct WorkerProcess {
     workers: WorkerPool,
+    deliveries: JoinHandle<()>,
     grace: Duration,
 }
 
 impl WorkerProcess {
     pub async fn start(settings: &Settings, parts: AppParts) -> anyhow::Result<WorkerProcess> {
         let storage = Storage::open(settings).await?;
-        let webhooks = WebhookDispatcher::start(&tokio::runtime::Handle::current(), &settings.webhooks, parts.webhook_retry.clone());
-        let notifier = JobNotifier { hub: EventHub::new(), webhooks: Some(webhooks) };
+        let deliveries = Deliverer::start(storage.store.clone(), &settings.webhooks, parts.webhook_retry.clone());
+        let notifier = JobNotifier { hub: EventHub::new() };
         let context = worker_context(settings, &storage, &parts, notifier, None);
         let mut devices = settings.worker_devices();
         if devices.is_empty() {
@@ -209,10 +215,11 @@ impl WorkerProcess {
         }
         let workers = WorkerPool::start(context, &devices).context("starting worker threads")?;
         tracing::info!(?devices, "worker process started");
-        Ok(WorkerProcess { workers, grace: Duration::from_secs(settings.server.shutdown_grace_seconds) })
+        Ok(WorkerProcess { workers, deliveries, grace: Duration::from_secs(settings.server.shutdown_grace_seconds) })
     }
 
     pub async fn shutdown(self) {
+        self.deliveries.abort();
         let (workers, grace) = (self.workers, self.grace);
         let _ = tokio::task::spawn_blocking(move || workers.shutdown(grace)).await;
         tracing::info!("worker process stopped");

@@ -63,6 +63,9 @@ pub enum Command {
     /// Developer tools.
     #[command(subcommand)]
     Debug(DebugCommand),
+    /// Benchmarks that print numbers (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 #[derive(Debug, Args)]
@@ -114,11 +117,53 @@ pub struct DebugUnetArgs {
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// JSON file receiving per-site attention statistics.
-    #[arg(long, value_name = "FILE")]
-    pub stats: Option<PathBuf>,
-    /// JSON attention plan to apply.
+    #[arg(long = "attention-stats", visible_alias = "stats", value_name = "FILE")]
+    pub attention_stats: Option<PathBuf>,
+    /// JSON attention plan to apply (as step 0 of 1, to every batch row).
     #[arg(long, value_name = "FILE")]
     pub plan: Option<PathBuf>,
+    /// Compute device: cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Weights and activations dtype: f32, f16 or bf16 (the output file is always f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Time UNet forward passes on seeded random inputs, without and with statistics recording.
+    Unet(BenchUnetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchUnetArgs {
+    /// A UNet folder, or a pipeline folder with `unet/`.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// UNet batch (2 = one video with classifier-free guidance).
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 16)]
+    pub frames: usize,
+    /// Latent height (pixels / 8 for Stable Diffusion VAEs).
+    #[arg(long, default_value_t = 8)]
+    pub latent_height: usize,
+    #[arg(long, default_value_t = 8)]
+    pub latent_width: usize,
+    #[arg(long, default_value_t = 77)]
+    pub text_len: usize,
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    pub iterations: usize,
+    /// Also time passes with the observe-only statistics recorder.
+    #[arg(long)]
+    pub observe: bool,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
 use crate::app::{build_catalog, shutdown_signal, AppParts, Server, Storage, WorkerProcess};
-use crate::cli::{Cli, Command, DebugCommand, GenerateArgs};
+use crate::cli::{BenchCommand, BenchUnetArgs, Cli, Command, DebugCommand, DebugUnetArgs, GenerateArgs};
 use crate::config::Settings;
 use crate::jobs::validate::{validate_job_request, ValidationContext};
 use crate::worker::backend::{BackendProvider, RunProgress};
@@ -62,11 +62,8 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             let device = settings.worker_devices().into_iter().next().unwrap_or_else(|| "cpu".to_string());
             tokio::task::spawn_blocking(move || generate(&args, provider, default_model.as_deref(), &device)).await?
         }
-        Command::Debug(DebugCommand::Unet(args)) => tokio::task::spawn_blocking(move || {
-            entrovid_model::debug::run_debug_unet(&args.model, &args.inputs, &args.out, args.stats.as_deref(), args.plan.as_deref())
-                .context("debug unet")
-        })
-        .await?,
+        Command::Debug(DebugCommand::Unet(args)) => tokio::task::spawn_blocking(move || debug_unet(&args)).await?,
+        Command::Bench(BenchCommand::Unet(args)) => tokio::task::spawn_blocking(move || bench_unet(&args)).await?,
     }
 }
 
@@ -130,5 +127,42 @@ fn generate(args: &GenerateArgs, provider: Arc<dyn BackendProvider>, default_mod
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
     }
     eprintln!("wrote {}", args.output.display());
+    Ok(())
+}
+
+/// `entrovid debug unet`: one forward pass on the given device and dtype.
+fn debug_unet(args: &DebugUnetArgs) -> anyhow::Result<()> {
+    let device = entrovid_model::device::open_device(&args.device)?;
+    let dtype = entrovid_model::device::parse_dtype(&args.dtype)?;
+    entrovid_model::debug::DebugUnet {
+        model_dir: &args.model,
+        inputs: &args.inputs,
+        out: &args.out,
+        stats_json: args.attention_stats.as_deref(),
+        plan_json: args.plan.as_deref(),
+    }
+    .run(&device, dtype)
+    .context("debug unet")
+}
+
+/// `entrovid bench unet`: prints one JSON report of forward-pass timings.
+fn bench_unet(args: &BenchUnetArgs) -> anyhow::Result<()> {
+    use entrovid_model::bench::{bench_unet, UnetBenchOptions};
+    let device = entrovid_model::device::open_device(&args.device)?;
+    let dtype = entrovid_model::device::parse_dtype(&args.dtype)?;
+    let dir = if args.model.join("unet").is_dir() { args.model.join("unet") } else { args.model.clone() };
+    let unet = entrovid_model::unet3d::UNet3DConditionModel::load_dir(&dir, &device, dtype)?;
+    let options = UnetBenchOptions {
+        batch: args.batch,
+        frames: args.frames,
+        latent_height: args.latent_height,
+        latent_width: args.latent_width,
+        text_len: args.text_len,
+        warmup: args.warmup,
+        iterations: args.iterations.max(1),
+        observe: args.observe,
+    };
+    let report = bench_unet(&unet, &device, dtype, &options)?;
+    println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -1,18 +1,13 @@
-//! Webhooks: signed POSTs of the job object on `start` and `completed`, retried with exponential
-//! backoff for up to an hour, on their own tasks so they never delay or fail a job.
-//!
-//! Targets are checked against loopback/private/link-local/unspecified addresses at submit and
-//! again before every delivery attempt (a name may resolve elsewhere by then).
+//! Webhook primitives: the signature, the retry schedule, the check that refuses internal
+//! targets (at submit and again before every attempt: a name may resolve elsewhere by then), and
+//! one signed POST. The durable delivery loop is `jobs::deliveries`.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::sync::mpsc;
 
-use crate::api::Job;
-use crate::config::WebhookSettings;
 
 pub const SIGNATURE_HEADER: &str = "Entrovid-Signature";
 
@@ -104,89 +99,38 @@ pub async fn check_target(url: &str, allow_private: bool) -> Result<(), String> 
     Ok(())
 }
 
-struct Delivery {
-    url: String,
-    job: Job,
+/// The HTTP client deliveries use: bounded by the policy's timeout, and never following a
+/// redirect (it could lead to an internal address the target check never saw).
+pub fn client(policy: &RetryPolicy) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(policy.request_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
 }
 
-/// Queues deliveries to a background task on the runtime it was started on.
-#[derive(Clone)]
-pub struct WebhookDispatcher {
-    sender: mpsc::UnboundedSender<Delivery>,
-}
-
-impl WebhookDispatcher {
-    pub fn start(runtime: &tokio::runtime::Handle, settings: &WebhookSettings, policy: RetryPolicy) -> WebhookDispatcher {
-        let (sender, mut receiver) = mpsc::unbounded_channel::<Delivery>();
-        let secret = settings.secret.clone().unwrap_or_default().into_bytes();
-        let allow_private = settings.allow_private;
-        let client = reqwest::Client::builder()
-            .timeout(policy.request_timeout)
-            // A redirect could lead to an internal address the check never saw.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        runtime.spawn(async move {
-            while let Some(delivery) = receiver.recv().await {
-                tokio::spawn(deliver(client.clone(), secret.clone(), allow_private, policy.clone(), delivery));
-            }
-        });
-        WebhookDispatcher { sender }
-    }
-
-    /// Sends `job` to `url` in the background.
-    pub fn send(&self, url: &str, job: Job) {
-        // The receiver lives as long as the runtime; after shutdown there is nobody to deliver.
-        let _ = self.sender.send(Delivery { url: url.to_string(), job });
-    }
-}
-
-async fn deliver(client: reqwest::Client, secret: Vec<u8>, allow_private: bool, policy: RetryPolicy, delivery: Delivery) {
-    let body = match serde_json::to_vec(&delivery.job) {
-        Ok(body) => body,
-        Err(error) => {
-            tracing::error!(job = %delivery.job.id, %error, "webhook body could not be serialised");
-            return;
-        }
-    };
-    let signature = signature(&secret, &body);
-    let started = tokio::time::Instant::now();
-    let mut retry = 0u32;
-    loop {
-        let outcome = match check_target(&delivery.url, allow_private).await {
-            Err(reason) => Err(format!("target refused: {reason}")),
-            Ok(()) => client
-                .post(&delivery.url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(SIGNATURE_HEADER, &signature)
-                .body(body.clone())
-                .send()
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|response| {
-                    if response.status().is_success() {
-                        Ok(())
-                    } else {
-                        Err(format!("status {}", response.status()))
-                    }
-                }),
-        };
-        match outcome {
-            Ok(()) => {
-                tracing::info!(job = %delivery.job.id, status = %delivery.job.status, "webhook delivered");
-                return;
-            }
-            Err(reason) => {
-                let delay = policy.delay(retry);
-                if started.elapsed() + delay > policy.give_up_after {
-                    tracing::warn!(job = %delivery.job.id, %reason, "webhook abandoned after retries");
-                    return;
-                }
-                tracing::info!(job = %delivery.job.id, %reason, ?delay, "webhook attempt failed; retrying");
-                tokio::time::sleep(delay).await;
-                retry += 1;
-            }
-        }
+/// One delivery attempt: the target is checked again, then `body` is POSTed with its signature.
+/// Any 2xx answer is success.
+pub async fn post_signed(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &[u8],
+    allow_private: bool,
+    body: Vec<u8>,
+) -> Result<(), String> {
+    check_target(url, allow_private).await.map_err(|reason| format!("target refused: {reason}"))?;
+    let response = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, signature(secret, &body))
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("status {}", response.status()))
     }
 }
 

@@ -82,3 +82,46 @@ async fn internal_targets_are_refused_unless_allowed() {
     }
     app.shutdown().await;
 }
+
+/// Deliveries live in the database: one that could not be made before a restart is made after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_webhooks_survive_a_restart() {
+    // A port with nobody listening yet: every attempt is refused.
+    let address = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let mut app = spawn_app(AppOptions { webhook_secret: Some("k".into()), ..Default::default() }).await;
+    let job = app
+        .submit(json!({"kind": "generate", "prompt": "later", "num_inference_steps": 1, "webhook_url": format!("http://{address}/hook")}))
+        .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    app.wait_for(&id, Some("succeeded"), Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // a few refused attempts
+    if let Some(server) = app.server.take() {
+        server.shutdown().await;
+    }
+
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+    let router = axum::Router::new().route("/hook", post(accept)).with_state(receiver.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    app.restart().await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while receiver.attempts.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the pending webhook was never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (signature, body) = receiver.attempts.lock().unwrap()[0].clone();
+    assert_eq!(signature, entrovid::webhooks::signature(b"k", &body));
+    let delivered: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((delivered["id"].as_str(), delivered["status"].as_str()), (Some(id.as_str()), Some("succeeded")));
+    app.shutdown().await;
+}
+
+async fn accept(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let signature = headers.get("entrovid-signature").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    receiver.attempts.lock().unwrap().push((signature, body));
+    StatusCode::OK
+}

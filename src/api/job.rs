@@ -73,6 +73,16 @@ impl JobStatus {
     pub fn is_terminal(self) -> bool {
         matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled)
     }
+
+    /// The webhook event (API.md "Webhooks") that a change to this status is: `start` when a
+    /// worker takes the job, `completed` when it ends.
+    pub fn webhook_event(self) -> Option<&'static str> {
+        match self {
+            JobStatus::Running => Some("start"),
+            status if status.is_terminal() => Some("completed"),
+            _ => None,
+        }
+    }
 }
 
 impl FromStr for JobStatus {

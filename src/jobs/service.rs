@@ -14,7 +14,10 @@ use super::spec::GenerateSpec;
 use super::validate::{validate_job_request, ValidationContext};
 use super::JobNotifier;
 use crate::api::{ApiError, ErrorCode, Job, JobKind, JobList, JobProgress, JobStatus};
-use crate::store::{now_millis, CancelOutcome, CreateOutcome, IdempotencyClaim, JobFilter, JobRecord, JobStore, NewJob, StoreError};
+use crate::store::{
+    now_millis, CancelOutcome, CreateOutcome, IdempotencyClaim, JobFilter, JobRecord, JobStore, NewJob, StoreError,
+    WebhookSubscription,
+};
 use crate::webhooks;
 
 #[derive(Debug, Clone)]
@@ -129,7 +132,7 @@ impl JobService {
         let new_job = new_job(owner, &spec, now);
         match self.store.create_job(new_job, claim.clone()).await.map_err(store_error)? {
             CreateOutcome::Created(record) => {
-                self.notifier.job_changed(&record);
+                self.notifier.job_changed(record.id);
                 Ok(Submitted::Created(self.render(&record).await?))
             }
             // Another request with the same key won the race.
@@ -221,11 +224,11 @@ impl JobService {
         match outcome {
             None => Err(ApiError::not_found()),
             Some(CancelOutcome::Canceled(record)) => {
-                self.notifier.job_changed(&record);
+                self.notifier.job_changed(record.id);
                 self.render(&record).await
             }
             Some(CancelOutcome::Requested(record)) => {
-                self.notifier.progressed(record.id);
+                self.notifier.job_changed(record.id);
                 self.render(&record).await
             }
             Some(CancelOutcome::AlreadyFinished(record)) => Err(ApiError::new(
@@ -251,6 +254,10 @@ fn new_job(owner: &str, spec: &GenerateSpec, now: i64) -> NewJob {
         request: spec.to_request_json(),
         progress: JobProgress::queued(spec.num_inference_steps),
         created_at: now,
+        webhook: spec.webhook_url.as_ref().map(|url| WebhookSubscription {
+            url: url.clone(),
+            events: spec.webhook_events.iter().map(|event| event.as_str().to_string()).collect(),
+        }),
     }
 }
 

@@ -40,6 +40,13 @@ pub enum WebhookEvent {
 }
 
 impl WebhookEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEvent::Start => "start",
+            WebhookEvent::Completed => "completed",
+        }
+    }
+
     pub fn parse(text: &str) -> Option<WebhookEvent> {
         match text {
             "start" => Some(WebhookEvent::Start),
@@ -77,24 +84,5 @@ impl GenerateSpec {
 
     pub fn from_request_json(request: &serde_json::Value) -> Result<GenerateSpec, serde_json::Error> {
         GenerateSpec::deserialize(request)
-    }
-}
-
-/// Where and when a job's webhooks go, read back from its stored request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WebhookTarget {
-    pub url: String,
-    pub events: Vec<WebhookEvent>,
-}
-
-impl WebhookTarget {
-    pub fn from_request_json(request: &serde_json::Value) -> Option<WebhookTarget> {
-        let url = request.get("webhook_url")?.as_str()?.to_string();
-        let events = request
-            .get("webhook_events")
-            .and_then(|events| events.as_array())
-            .map(|events| events.iter().filter_map(|e| e.as_str().and_then(WebhookEvent::parse)).collect())
-            .unwrap_or_else(|| vec![WebhookEvent::Completed]);
-        Some(WebhookTarget { url, events })
     }
 }

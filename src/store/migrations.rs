@@ -13,6 +13,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "idempotency keys", include_str!("../../migrations/sqlite/0003_idempotency_keys.sql")),
     (4, "attention stats", include_str!("../../migrations/sqlite/0004_attention_stats.sql")),
     (5, "uploads", include_str!("../../migrations/sqlite/0005_uploads.sql")),
+    (6, "webhook deliveries", include_str!("../../migrations/sqlite/0006_webhook_deliveries.sql")),
 ];
 
 pub fn sqlite_migrator() -> Migrator {

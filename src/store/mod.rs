@@ -57,6 +57,14 @@ pub struct JobRecord {
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
     pub queue_order: i64,
+    pub webhook: Option<WebhookSubscription>,
+}
+
+/// Where a job's webhooks go and which events (`start`, `completed`) it wants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookSubscription {
+    pub url: String,
+    pub events: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +76,7 @@ pub struct NewJob {
     pub request: serde_json::Value,
     pub progress: JobProgress,
     pub created_at: Millis,
+    pub webhook: Option<WebhookSubscription>,
 }
 
 /// An `Idempotency-Key` to record together with a new job.
@@ -153,6 +162,30 @@ pub struct RecoveredJob {
     pub new_status: JobStatus,
 }
 
+/// A webhook delivery taken from the outbox for one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookDelivery {
+    pub id: i64,
+    pub job_id: Uuid,
+    /// The status event being reported.
+    pub event_seq: i64,
+    pub event: String,
+    pub url: String,
+    /// Attempts made, this one included.
+    pub attempts: u32,
+    pub created_at: Millis,
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    /// Try again at this time.
+    Retry { at: Millis, error: String },
+    /// Out of time: give up.
+    Abandoned { error: String },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct UploadRecord {
     pub upload: Upload,
@@ -164,7 +197,9 @@ pub struct UploadRecord {
 /// The job database. Every method is one atomic operation.
 pub trait JobStore: Send + Sync + 'static {
     /// Inserts a queued job (and its first `status` event, and the idempotency key when given), or
-    /// returns the job the key already points to.
+    /// returns the job the key already points to. Every status event of a job with a webhook
+    /// subscribed to it (here and in every transition below) also enqueues a webhook delivery in
+    /// the same transaction.
     fn create_job(&self, job: NewJob, idempotency: Option<IdempotencyClaim>) -> BoxFuture<'_, StoreResult<CreateOutcome>>;
     /// The job an unexpired idempotency key points to, with the body hash it was created with.
     fn find_idempotent(&self, scope: &str, key: &str, not_before: Millis) -> BoxFuture<'_, StoreResult<Option<(JobRecord, String)>>>;
@@ -193,6 +228,10 @@ pub trait JobStore: Send + Sync + 'static {
     fn attention(&self, id: Uuid) -> BoxFuture<'_, StoreResult<Vec<AttentionRecord>>>;
     fn create_upload(&self, upload: UploadRecord) -> BoxFuture<'_, StoreResult<()>>;
     fn get_upload(&self, id: Uuid) -> BoxFuture<'_, StoreResult<Option<UploadRecord>>>;
+    /// Takes the oldest due webhook delivery for one attempt; it becomes due again at
+    /// `now + claim_ms` unless the attempt's outcome is recorded first.
+    fn claim_webhook(&self, now: Millis, claim_ms: i64) -> BoxFuture<'_, StoreResult<Option<WebhookDelivery>>>;
+    fn finish_webhook(&self, id: i64, outcome: DeliveryOutcome, now: Millis) -> BoxFuture<'_, StoreResult<()>>;
     /// A cheap round trip, for readiness checks.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
 }

@@ -76,6 +76,14 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<JobRecord> {
     let error_message: Option<String> = row.try_get("error_message")?;
     let error = error_code.map(|code| JobError { code, message: error_message.unwrap_or_default() });
     let attempts: i64 = row.try_get("attempts")?;
+    let webhook_url: Option<String> = row.try_get("webhook_url")?;
+    let webhook = match webhook_url {
+        Some(url) => Some(WebhookSubscription {
+            url,
+            events: serde_json::from_str(&text("webhook_events")?).map_err(|e| corrupt("jobs", e))?,
+        }),
+        None => None,
+    };
     Ok(JobRecord {
         id,
         owner: text("owner")?,
@@ -94,6 +102,7 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<JobRecord> {
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
         queue_order: row.try_get("queue_order")?,
+        webhook,
     })
 }
 
@@ -113,24 +122,57 @@ fn to_json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
 }
 
+/// Appends the job's next event and, for a status change its webhook subscribes to, the
+/// delivery reporting it.
 async fn append_event(
     conn: &mut SqliteConnection,
     job: &JobRecord,
     kind: EventKind,
     now: Millis,
 ) -> StoreResult<()> {
-    sqlx::query(
+    let seq: i64 = sqlx::query_scalar(
         "INSERT INTO job_events (job_id, seq, kind, status, progress, created_at)
-         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM job_events WHERE job_id = $1",
+         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM job_events WHERE job_id = $1
+         RETURNING seq",
     )
     .bind(job.id.to_string())
     .bind(kind.as_str())
     .bind(job.status.as_str())
     .bind(to_json(&job.progress))
     .bind(now)
-    .execute(conn)
+    .fetch_one(&mut *conn)
+    .await?;
+    let Some(webhook) = &job.webhook else { return Ok(()) };
+    let event = match (kind, job.status.webhook_event()) {
+        (EventKind::Status, Some(event)) if webhook.events.iter().any(|e| e == event) => event,
+        _ => return Ok(()),
+    };
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (job_id, event_seq, event, url, next_attempt_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $5)",
+    )
+    .bind(job.id.to_string())
+    .bind(seq)
+    .bind(event)
+    .bind(&webhook.url)
+    .bind(now)
+    .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+fn delivery_from_row(row: &SqliteRow) -> StoreResult<WebhookDelivery> {
+    let job_id: String = row.try_get("job_id")?;
+    let attempts: i64 = row.try_get("attempts")?;
+    Ok(WebhookDelivery {
+        id: row.try_get("id")?,
+        job_id: Uuid::parse_str(&job_id).map_err(|e| corrupt("webhook_deliveries", e))?,
+        event_seq: row.try_get("event_seq")?,
+        event: row.try_get("event")?,
+        url: row.try_get("url")?,
+        attempts: u32::try_from(attempts).map_err(|e| corrupt("webhook_deliveries", e))?,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 async fn load_job(conn: &mut SqliteConnection, id: Uuid) -> StoreResult<Option<JobRecord>> {
@@ -209,8 +251,10 @@ impl JobStore for SqliteStore {
                 }
             }
             let row = sqlx::query(
-                "INSERT INTO jobs (id, owner, kind, model, status, request, progress, created_at, queue_order)
-                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, (SELECT COALESCE(MAX(queue_order), 0) + 1 FROM jobs))
+                "INSERT INTO jobs (id, owner, kind, model, status, request, progress, created_at, queue_order,
+                                   webhook_url, webhook_events)
+                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, (SELECT COALESCE(MAX(queue_order), 0) + 1 FROM jobs),
+                         $8, $9)
                  RETURNING *",
             )
             .bind(job.id.to_string())
@@ -220,6 +264,8 @@ impl JobStore for SqliteStore {
             .bind(to_json(&job.request))
             .bind(to_json(&job.progress))
             .bind(job.created_at)
+            .bind(job.webhook.as_ref().map(|w| w.url.clone()))
+            .bind(to_json(&job.webhook.as_ref().map(|w| w.events.clone()).unwrap_or_default()))
             .fetch_one(&mut *tx)
             .await?;
             let record = job_from_row(&row)?;
@@ -596,6 +642,48 @@ impl JobStore for SqliteStore {
                 size_bytes: size.max(0) as u64,
                 created_at: row.try_get("created_at")?,
             }))
+        })
+    }
+
+    fn claim_webhook(&self, now: Millis, claim_ms: i64) -> BoxFuture<'_, StoreResult<Option<WebhookDelivery>>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at = $2, attempts = attempts + 1
+                 WHERE id = (SELECT id FROM webhook_deliveries
+                             WHERE delivered_at IS NULL AND abandoned_at IS NULL AND next_attempt_at <= $1
+                             ORDER BY next_attempt_at, id LIMIT 1)
+                   AND delivered_at IS NULL AND abandoned_at IS NULL
+                 RETURNING *",
+            )
+            .bind(now)
+            .bind(now + claim_ms)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(delivery_from_row).transpose()
+        })
+    }
+
+    fn finish_webhook(&self, id: i64, outcome: DeliveryOutcome, now: Millis) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let query = match &outcome {
+                DeliveryOutcome::Delivered => {
+                    sqlx::query("UPDATE webhook_deliveries SET delivered_at = $2, last_error = NULL WHERE id = $1").bind(id).bind(now)
+                }
+                DeliveryOutcome::Retry { at, error } => {
+                    sqlx::query("UPDATE webhook_deliveries SET next_attempt_at = $2, last_error = $3 WHERE id = $1")
+                        .bind(id)
+                        .bind(*at)
+                        .bind(error.clone())
+                }
+                DeliveryOutcome::Abandoned { error } => {
+                    sqlx::query("UPDATE webhook_deliveries SET abandoned_at = $2, last_error = $3 WHERE id = $1")
+                        .bind(id)
+                        .bind(now)
+                        .bind(error.clone())
+                }
+            };
+            query.execute(&self.pool).await?;
+            Ok(())
         })
     }
 

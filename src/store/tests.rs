@@ -25,6 +25,7 @@ fn new_job(owner: &str, created_at: Millis) -> NewJob {
         request: json!({"prompt": "p"}),
         progress: JobProgress::queued(4),
         created_at,
+        webhook: None,
     }
 }
 
@@ -220,4 +221,43 @@ async fn statistics_and_uploads() {
     let id = Uuid::parse_str(&upload.upload.id).unwrap();
     assert_eq!(store.get_upload(id).await.unwrap(), Some(upload));
     assert_eq!(store.get_upload(Uuid::new_v4()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn status_changes_enqueue_the_subscribed_webhooks() {
+    let (_dir, store) = store().await;
+    let now = now_millis();
+    let subscribe = |events: &[&str]| {
+        let mut job = new_job("o", now);
+        job.webhook = Some(WebhookSubscription { url: "http://hook/".into(), events: events.iter().map(|e| e.to_string()).collect() });
+        job
+    };
+    let CreateOutcome::Created(both) = store.create_job(subscribe(&["start", "completed"]), None).await.unwrap() else { panic!() };
+    let CreateOutcome::Created(done_only) = store.create_job(subscribe(&["completed"]), None).await.unwrap() else { panic!() };
+    create(&store, "o").await; // no webhook
+    assert!(store.claim_webhook(now, 1_000).await.unwrap().is_none(), "queueing is no webhook event");
+
+    for id in [both.id, done_only.id] {
+        store.claim_next("w", now, 10_000).await.unwrap().unwrap();
+        store.finish_job(id, "w", Finish::Succeeded { outputs: vec![] }, now).await.unwrap().unwrap();
+    }
+    let mut claimed = Vec::new();
+    while let Some(delivery) = store.claim_webhook(now, 1_000).await.unwrap() {
+        assert_eq!(delivery.attempts, 1);
+        claimed.push((delivery.job_id, delivery.event.clone(), delivery.id));
+    }
+    let events: Vec<(Uuid, String)> = claimed.iter().map(|(job, event, _)| (*job, event.clone())).collect();
+    assert_eq!(events, vec![(both.id, "start".into()), (both.id, "completed".into()), (done_only.id, "completed".into())]);
+
+    // A claimed delivery comes back when its claim runs out, unless its outcome is recorded.
+    let (first, second) = (claimed[0].2, claimed[1].2);
+    store.finish_webhook(first, DeliveryOutcome::Delivered, now).await.unwrap();
+    store.finish_webhook(second, DeliveryOutcome::Retry { at: now + 5_000, error: "503".into() }, now).await.unwrap();
+    let again = store.claim_webhook(now + 1_001, 1_000).await.unwrap().unwrap();
+    assert_eq!((again.job_id, again.event.as_str(), again.attempts), (done_only.id, "completed", 2));
+    store.finish_webhook(again.id, DeliveryOutcome::Abandoned { error: "gone".into() }, now).await.unwrap();
+    let retried = store.claim_webhook(now + 5_000, 1_000).await.unwrap().unwrap();
+    assert_eq!((retried.id, retried.attempts), (second, 2));
+    store.finish_webhook(retried.id, DeliveryOutcome::Delivered, now + 5_000).await.unwrap();
+    assert!(store.claim_webhook(now + 100_000, 1_000).await.unwrap().is_none(), "delivered and abandoned ones stay done");
 }

@@ -147,8 +147,6 @@ pub fn recover_expired_leases(context: &WorkerContext) {
     };
     for job in recovered {
         tracing::warn!(job = %job.id, status = %job.new_status, "recovered a job whose lease expired");
-        if let Ok(Some(record)) = context.runtime.block_on(context.store.get_job(job.id)) {
-            context.notifier.job_changed(&record);
-        }
+        context.notifier.job_changed(job.id);
     }
 }

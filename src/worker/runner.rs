@@ -38,7 +38,7 @@ pub(super) struct Runner<'a> {
 impl Runner<'_> {
     pub fn run(&mut self, job: JobRecord) {
         let started = Instant::now();
-        self.context.notifier.job_changed(&job);
+        self.context.notifier.job_changed(job.id);
         tracing::info!(job = %job.id, worker = self.worker, attempt = job.attempts, "job started");
         let finish = self.execute(&job);
         let finished = match finish {
@@ -58,7 +58,7 @@ impl Runner<'_> {
             Err(Interruption::Canceled) => self.finish(&job, Finish::Canceled),
         };
         if let Some(record) = &finished {
-            self.context.notifier.job_changed(record);
+            self.context.notifier.job_changed(record.id);
             if let Some(metrics) = &self.context.metrics {
                 if record.status.is_terminal() {
                     metrics.record_job_duration(record.status, started.elapsed().as_secs_f64());
@@ -157,7 +157,7 @@ impl Runner<'_> {
                     stopped_by = Some(Interruption::LeaseLost);
                     return ControlFlow::Break(());
                 }
-                Ok(LeaseState::Held { .. }) => context.notifier.progressed(job.id),
+                Ok(LeaseState::Held { .. }) => context.notifier.job_changed(job.id),
                 Err(error) => tracing::warn!(job = %job.id, %error, "progress could not be recorded"),
             }
             ControlFlow::Continue(())
@@ -174,7 +174,7 @@ impl Runner<'_> {
         }
         let encoding = JobProgress { stage: Stage::EncodingVideo, step: spec.num_inference_steps, total_steps: spec.num_inference_steps, run: 1, total_runs: 1 };
         let _ = context.runtime.block_on(context.store.update_progress(job.id, self.worker, encoding, now_millis()));
-        context.notifier.progressed(job.id);
+        context.notifier.job_changed(job.id);
         let outcome = self.store_outputs(job, &spec, output);
         drop(keeper);
         Ok(outcome)

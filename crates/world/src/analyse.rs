@@ -65,7 +65,11 @@ struct FrameObject {
 pub fn analyse(grammar: &Grammar, video: &Video) -> Result<Observation> {
     let params = &grammar.evaluation;
     let (width, height) = (video.width(), video.height());
-    let frame_backgrounds: Vec<[f64; 3]> = video.frames().iter().map(|f| channel_medians(f, |_| true)).collect();
+    let frame_backgrounds: Vec<[f64; 3]> = video
+        .frames()
+        .iter()
+        .map(|f| channel_medians(f, |_| true))
+        .collect();
     let background = median_colour(&frame_backgrounds);
     let background_jitter = rms_distance(&frame_backgrounds, background);
 
@@ -74,10 +78,15 @@ pub fn analyse(grammar: &Grammar, video: &Video) -> Result<Observation> {
         .iter()
         .zip(&frame_backgrounds)
         .map(|(frame, bg)| {
-            pixels(frame).map(|p| distance(p, *bg) > params.foreground_threshold).collect()
+            pixels(frame)
+                .map(|p| distance(p, *bg) > params.foreground_threshold)
+                .collect()
         })
         .collect();
-    let object_pixel_count: usize = foreground_masks.iter().map(|m| m.iter().filter(|&&f| f).count()).sum();
+    let object_pixel_count: usize = foreground_masks
+        .iter()
+        .map(|m| m.iter().filter(|&&f| f).count())
+        .sum();
     let observation = |object| Observation {
         frames: video.frames().len(),
         width,
@@ -101,7 +110,13 @@ pub fn analyse(grammar: &Grammar, video: &Video) -> Result<Observation> {
 
     let mut frame_colours = Vec::new();
     let mut tracked = Vec::new();
-    for (index, ((frame, bg), mask)) in video.frames().iter().zip(&frame_backgrounds).zip(&foreground_masks).enumerate() {
+    for (index, ((frame, bg), mask)) in video
+        .frames()
+        .iter()
+        .zip(&frame_backgrounds)
+        .zip(&foreground_masks)
+        .enumerate()
+    {
         let Some(alpha) = alpha_map(frame, *bg, object_colour, mask, width, height) else {
             continue;
         };
@@ -115,7 +130,12 @@ pub fn analyse(grammar: &Grammar, video: &Video) -> Result<Observation> {
     if tracked.is_empty() {
         return Ok(observation(None));
     }
-    Ok(observation(Some(summarise_track(&tracked, frame_colours, object_colour, video.frames().len()))))
+    Ok(observation(Some(summarise_track(
+        &tracked,
+        frame_colours,
+        object_colour,
+        video.frames().len(),
+    ))))
 }
 
 fn summarise_track(
@@ -140,7 +160,12 @@ fn summarise_track(
         .map(|&shape| {
             let ious: Vec<f64> = tracked
                 .iter()
-                .map(|f| f.shape_iou.iter().find(|(s, _)| *s == shape).map_or(0.0, |(_, iou)| *iou))
+                .map(|f| {
+                    f.shape_iou
+                        .iter()
+                        .find(|(s, _)| *s == shape)
+                        .map_or(0.0, |(_, iou)| *iou)
+                })
                 .collect();
             (shape, mean(&ious))
         })
@@ -150,16 +175,30 @@ fn summarise_track(
         colour_jitter: rms_distance(&frame_colours, object_colour),
         present_frames: tracked.len(),
         displacement: [x_slope * steps, y_slope * steps],
-        path_residual_px: if measurable { (x_residual.powi(2) + y_residual.powi(2)).sqrt() } else { 0.0 },
+        path_residual_px: if measurable {
+            (x_residual.powi(2) + y_residual.powi(2)).sqrt()
+        } else {
+            0.0
+        },
         equivalent_radius_px: (mean_area / std::f64::consts::PI).sqrt(),
-        area_residual: if measurable { area_residual / mean_area } else { 0.0 },
+        area_residual: if measurable {
+            area_residual / mean_area
+        } else {
+            0.0
+        },
         shape_fit,
         sharpness: mean(&tracked.iter().map(|f| f.sharpness).collect::<Vec<_>>()),
     }
 }
 
 /// Centroid, outline fit and edge sharpness of the object in one frame.
-fn measure_frame(index: usize, alpha: &[f64], area: f64, width: usize, height: usize) -> FrameObject {
+fn measure_frame(
+    index: usize,
+    alpha: &[f64],
+    area: f64,
+    width: usize,
+    height: usize,
+) -> FrameObject {
     let (mut mx, mut my) = (0.0, 0.0);
     for (i, a) in alpha.iter().enumerate() {
         mx += a * ((i % width) as f64 + 0.5);
@@ -169,9 +208,17 @@ fn measure_frame(index: usize, alpha: &[f64], area: f64, width: usize, height: u
     let radius = (area / std::f64::consts::PI).sqrt();
     let templates: Vec<(Shape, Vec<f64>)> = Shape::ALL
         .iter()
-        .map(|&shape| (shape, coverage_map(shape, radius, centroid[0], centroid[1], width, height)))
+        .map(|&shape| {
+            (
+                shape,
+                coverage_map(shape, radius, centroid[0], centroid[1], width, height),
+            )
+        })
         .collect();
-    let shape_iou: Vec<(Shape, f64)> = templates.iter().map(|(shape, t)| (*shape, soft_iou(alpha, t))).collect();
+    let shape_iou: Vec<(Shape, f64)> = templates
+        .iter()
+        .map(|(shape, t)| (*shape, soft_iou(alpha, t)))
+        .collect();
     let best = shape_iou
         .iter()
         .zip(&templates)
@@ -183,11 +230,21 @@ fn measure_frame(index: usize, alpha: &[f64], area: f64, width: usize, height: u
         Some(template) => {
             let observed = edge_width(alpha, width, height);
             let ideal = edge_width(template, width, height);
-            if observed <= ideal { 1.0 } else { ideal / observed }
+            if observed <= ideal {
+                1.0
+            } else {
+                ideal / observed
+            }
         }
         None => 0.0,
     };
-    FrameObject { index, area, centroid, shape_iou, sharpness }
+    FrameObject {
+        index,
+        area,
+        centroid,
+        shape_iou,
+        sharpness,
+    }
 }
 
 /// Object coverage of each pixel: the projection of its colour onto the background→object
@@ -201,7 +258,11 @@ fn alpha_map(
     width: usize,
     height: usize,
 ) -> Option<Vec<f64>> {
-    let axis = [object[0] - background[0], object[1] - background[1], object[2] - background[2]];
+    let axis = [
+        object[0] - background[0],
+        object[1] - background[1],
+        object[2] - background[2],
+    ];
     let axis_length_sq = axis.iter().map(|v| v * v).sum::<f64>();
     if axis_length_sq < 1.0 {
         return None;
@@ -246,14 +307,21 @@ fn soft_iou(a: &[f64], b: &[f64]) -> f64 {
         intersection += x.min(*y);
         union += x.max(*y);
     }
-    if union > 0.0 { intersection / union } else { 0.0 }
+    if union > 0.0 {
+        intersection / union
+    } else {
+        0.0
+    }
 }
 
 /// Mean width of the edge ramp in pixels: the number of partly covered pixels divided by the
 /// edge length, which is the total gradient magnitude of the coverage (coarea formula). A hard
 /// (aliased) edge has width 0, a blurred one a width near its blur radius.
 fn edge_width(alpha: &[f64], width: usize, height: usize) -> f64 {
-    let partial = alpha.iter().filter(|&&a| a > EDGE_ALPHA.0 && a < EDGE_ALPHA.1).count() as f64;
+    let partial = alpha
+        .iter()
+        .filter(|&&a| a > EDGE_ALPHA.0 && a < EDGE_ALPHA.1)
+        .count() as f64;
     let mut gradient_total = 0.0;
     for y in 1..height.saturating_sub(1) {
         for x in 1..width.saturating_sub(1) {
@@ -262,7 +330,11 @@ fn edge_width(alpha: &[f64], width: usize, height: usize) -> f64 {
             gradient_total += (gx * gx + gy * gy).sqrt();
         }
     }
-    if gradient_total > 0.0 { partial * (EDGE_ALPHA.1 - EDGE_ALPHA.0) / gradient_total } else { 0.0 }
+    if gradient_total > 0.0 {
+        partial * (EDGE_ALPHA.1 - EDGE_ALPHA.0) / gradient_total
+    } else {
+        0.0
+    }
 }
 
 /// Slope and RMS residual of the least-squares line y = a + b t.
@@ -274,7 +346,11 @@ fn line_fit(times: &[f64], values: &[f64]) -> (f64, f64) {
         covariance += (t - mean_t) * (v - mean_v);
         variance += (t - mean_t).powi(2);
     }
-    let slope = if variance > 0.0 { covariance / variance } else { 0.0 };
+    let slope = if variance > 0.0 {
+        covariance / variance
+    } else {
+        0.0
+    };
     let residual_sq: f64 = times
         .iter()
         .zip(values)
@@ -284,7 +360,9 @@ fn line_fit(times: &[f64], values: &[f64]) -> (f64, f64) {
 }
 
 fn pixels(frame: &[u8]) -> impl Iterator<Item = [f64; 3]> + '_ {
-    frame.chunks_exact(3).map(|p| [f64::from(p[0]), f64::from(p[1]), f64::from(p[2])])
+    frame
+        .chunks_exact(3)
+        .map(|p| [f64::from(p[0]), f64::from(p[1]), f64::from(p[2])])
 }
 
 fn distance(a: [f64; 3], b: [f64; 3]) -> f64 {
@@ -292,11 +370,18 @@ fn distance(a: [f64; 3], b: [f64; 3]) -> f64 {
 }
 
 fn mean(values: &[f64]) -> f64 {
-    if values.is_empty() { 0.0 } else { values.iter().sum::<f64>() / values.len() as f64 }
+    if values.is_empty() {
+        0.0
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
 }
 
 fn rms_distance(colours: &[[f64; 3]], reference: [f64; 3]) -> f64 {
-    let squares: Vec<f64> = colours.iter().map(|c| distance(*c, reference).powi(2)).collect();
+    let squares: Vec<f64> = colours
+        .iter()
+        .map(|c| distance(*c, reference).powi(2))
+        .collect();
     mean(&squares).sqrt()
 }
 

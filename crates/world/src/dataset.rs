@@ -62,25 +62,46 @@ pub fn write_dataset(
 ) -> Result<Manifest> {
     check_geometry(video.frames, video.width, video.height)?;
     if count == 0 {
-        return Err(WorldError::Argument("a dataset needs at least one video".into()));
+        return Err(WorldError::Argument(
+            "a dataset needs at least one video".into(),
+        ));
     }
     let prompts = sample_prompts(grammar, split, count, seed);
     if prompts.len() != count {
-        return Err(WorldError::Argument(format!("split {split} has no prompts")));
+        return Err(WorldError::Argument(format!(
+            "split {split} has no prompts"
+        )));
     }
     let mut render_seeds = rng::stream(seed, "dataset|render-seeds");
-    let io_error = |source| WorldError::Io { path: path.to_path_buf(), source };
+    let io_error = |source| WorldError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut out = BufWriter::new(File::create(path).map_err(io_error)?);
     let shape = [count, video.frames, video.height, video.width, 3];
-    out.write_all(&safetensors_header(&shape)).map_err(io_error)?;
+    out.write_all(&safetensors_header(&shape))
+        .map_err(io_error)?;
     let mut items = Vec::with_capacity(count);
     for (index, prompt) in prompts.into_iter().enumerate() {
         let seed = render_seeds.next_u64();
-        let scene = Scene::sample(grammar, &prompt, seed, video.frames, video.width, video.height)?;
+        let scene = Scene::sample(
+            grammar,
+            &prompt,
+            seed,
+            video.frames,
+            video.width,
+            video.height,
+        )?;
         for frame in scene.render()?.frames() {
             out.write_all(frame).map_err(io_error)?;
         }
-        items.push(ManifestItem { index, prompt: prompt.text(grammar), words: prompt, seed, scene });
+        items.push(ManifestItem {
+            index,
+            prompt: prompt.text(grammar),
+            words: prompt,
+            seed,
+            scene,
+        });
     }
     out.flush().map_err(io_error)?;
     let manifest = Manifest {
@@ -114,8 +135,14 @@ fn safetensors_header(shape: &[usize; 5]) -> Vec<u8> {
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|source| WorldError::Json { path: path.to_path_buf(), source })?;
-    std::fs::write(path, text).map_err(|source| WorldError::Io { path: path.to_path_buf(), source })
+    let text = serde_json::to_string_pretty(value).map_err(|source| WorldError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::write(path, text).map_err(|source| WorldError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The tensor entry of a safetensors header.
@@ -128,8 +155,14 @@ struct TensorEntry {
 
 /// Reads the `videos` tensor of a safetensors file (u8, [count, frames, height, width, 3]).
 pub fn read_videos(path: &Path) -> Result<Vec<Video>> {
-    let fail = |reason: String| WorldError::Dataset { path: path.to_path_buf(), reason };
-    let io_error = |source| WorldError::Io { path: path.to_path_buf(), source };
+    let fail = |reason: String| WorldError::Dataset {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let io_error = |source| WorldError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = File::open(path).map_err(io_error)?;
     let file_length = file.metadata().map_err(io_error)?.len();
     let mut length_bytes = [0u8; 8];
@@ -145,9 +178,13 @@ pub fn read_videos(path: &Path) -> Result<Vec<Video>> {
     let entry = tensors
         .remove(VIDEOS_TENSOR)
         .ok_or_else(|| fail(format!("no {VIDEOS_TENSOR:?} tensor")))?;
-    let entry: TensorEntry = serde_json::from_value(entry).map_err(|e| fail(format!("{VIDEOS_TENSOR}: {e}")))?;
+    let entry: TensorEntry =
+        serde_json::from_value(entry).map_err(|e| fail(format!("{VIDEOS_TENSOR}: {e}")))?;
     let &[count, frames, height, width, 3] = entry.shape.as_slice() else {
-        return Err(fail(format!("shape {:?} is not [count, frames, height, width, 3]", entry.shape)));
+        return Err(fail(format!(
+            "shape {:?} is not [count, frames, height, width, 3]",
+            entry.shape
+        )));
     };
     if entry.dtype != "U8" {
         return Err(fail(format!("dtype {} is not U8", entry.dtype)));
@@ -160,9 +197,12 @@ pub fn read_videos(path: &Path) -> Result<Vec<Video>> {
     let [begin, end] = entry.data_offsets;
     let data_start = 8 + header_length;
     if end.checked_sub(begin) != Some(expected) || data_start + end > file_length {
-        return Err(fail(format!("data offsets {begin}..{end} do not hold {expected} bytes within the file")));
+        return Err(fail(format!(
+            "data offsets {begin}..{end} do not hold {expected} bytes within the file"
+        )));
     }
-    file.seek(SeekFrom::Start(data_start + begin)).map_err(io_error)?;
+    file.seek(SeekFrom::Start(data_start + begin))
+        .map_err(io_error)?;
     let mut videos = Vec::with_capacity(count);
     for _ in 0..count {
         let mut clip = Vec::with_capacity(frames);
@@ -187,8 +227,13 @@ pub fn read_prompts(manifest: &Path) -> Result<Vec<String>> {
     struct Prompts {
         items: Vec<Item>,
     }
-    let text = std::fs::read_to_string(manifest).map_err(|source| WorldError::Io { path: manifest.to_path_buf(), source })?;
-    let prompts: Prompts =
-        serde_json::from_str(&text).map_err(|source| WorldError::Json { path: manifest.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(manifest).map_err(|source| WorldError::Io {
+        path: manifest.to_path_buf(),
+        source,
+    })?;
+    let prompts: Prompts = serde_json::from_str(&text).map_err(|source| WorldError::Json {
+        path: manifest.to_path_buf(),
+        source,
+    })?;
     Ok(prompts.items.into_iter().map(|item| item.prompt).collect())
 }

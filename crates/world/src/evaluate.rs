@@ -48,8 +48,17 @@ pub struct Scores {
 }
 
 /// The names under which measures are reported, in report order.
-pub const MEASURES: [&str; 9] =
-    ["adherence", "colour", "shape", "motion", "background", "size", "speed", "temporal", "sharpness"];
+pub const MEASURES: [&str; 9] = [
+    "adherence",
+    "colour",
+    "shape",
+    "motion",
+    "background",
+    "size",
+    "speed",
+    "temporal",
+    "sharpness",
+];
 
 impl Scores {
     /// (name, value) for each measure this video has, in [`MEASURES`] order.
@@ -65,7 +74,9 @@ impl Scores {
             ("temporal", Some(self.temporal)),
             ("sharpness", Some(self.sharpness)),
         ];
-        all.into_iter().filter_map(|(name, value)| value.map(|v| (name, v))).collect()
+        all.into_iter()
+            .filter_map(|(name, value)| value.map(|v| (name, v)))
+            .collect()
     }
 }
 
@@ -79,15 +90,32 @@ pub fn score(grammar: &Grammar, observation: &Observation, prompt: &Prompt) -> R
     let params = &grammar.evaluation;
     let meaning = prompt.meaning(grammar)?;
     let sigma = params.colour_sigma;
-    let background = gaussian(colour_distance(observation.background, meaning.background), sigma);
+    let background = gaussian(
+        colour_distance(observation.background, meaning.background),
+        sigma,
+    );
     let background_stability = (-(observation.background_jitter / sigma).powi(2)).exp();
 
     let (colour, shape, motion, size, speed, temporal, sharpness) = match &observation.object {
-        None => (0.0, 0.0, 0.0, meaning.size_named.then_some(0.0), meaning.speed_named.then_some(0.0), 0.0, 0.0),
+        None => (
+            0.0,
+            0.0,
+            0.0,
+            meaning.size_named.then_some(0.0),
+            meaning.speed_named.then_some(0.0),
+            0.0,
+            0.0,
+        ),
         Some(object) => {
             let colour = gaussian(colour_distance(object.colour, meaning.colour), sigma);
 
-            let fit_of = |shape| object.shape_fit.iter().find(|(s, _)| *s == shape).map_or(0.0, |(_, v)| *v);
+            let fit_of = |shape| {
+                object
+                    .shape_fit
+                    .iter()
+                    .find(|(s, _)| *s == shape)
+                    .map_or(0.0, |(_, v)| *v)
+            };
             let named_fit = fit_of(meaning.shape);
             let best_other = object
                 .shape_fit
@@ -113,19 +141,27 @@ pub fn score(grammar: &Grammar, observation: &Observation, prompt: &Prompt) -> R
                 0.0
             };
             let travel_fraction = (dx * ux + dy * uy) / extent;
-            let speed = meaning
-                .speed_named
-                .then(|| gaussian(distance_outside(travel_fraction, meaning.travel_range), params.speed_sigma));
+            let speed = meaning.speed_named.then(|| {
+                gaussian(
+                    distance_outside(travel_fraction, meaning.travel_range),
+                    params.speed_sigma,
+                )
+            });
 
             let short_side = observation.width.min(observation.height) as f64;
             let relative_radius = object.equivalent_radius_px / short_side;
-            let size = meaning
-                .size_named
-                .then(|| gaussian(distance_outside(relative_radius, meaning.size_range), params.size_sigma));
+            let size = meaning.size_named.then(|| {
+                gaussian(
+                    distance_outside(relative_radius, meaning.size_range),
+                    params.size_sigma,
+                )
+            });
 
             let presence = object.present_frames as f64 / observation.frames as f64;
-            let path_stability =
-                (-(object.path_residual_px / (params.path_jitter_scale * object.equivalent_radius_px)).powi(2)).exp();
+            let path_stability = (-(object.path_residual_px
+                / (params.path_jitter_scale * object.equivalent_radius_px))
+                .powi(2))
+            .exp();
             let area_stability = (-(object.area_residual / params.area_jitter_scale).powi(2)).exp();
             let colour_stability = (-(object.colour_jitter / sigma).powi(2)).exp();
             let temporal = geometric_mean(&[
@@ -135,7 +171,15 @@ pub fn score(grammar: &Grammar, observation: &Observation, prompt: &Prompt) -> R
                 background_stability,
                 colour_stability,
             ]);
-            (colour, shape, motion, size, speed, temporal, object.sharpness)
+            (
+                colour,
+                shape,
+                motion,
+                size,
+                speed,
+                temporal,
+                object.sharpness,
+            )
         }
     };
     let mut prompt_measures = vec![colour, shape, motion, background];
@@ -155,7 +199,10 @@ pub fn score(grammar: &Grammar, observation: &Observation, prompt: &Prompt) -> R
 }
 
 fn colour_distance(observed: [f64; 3], named: [u8; 3]) -> f64 {
-    (0..3).map(|c| (observed[c] - f64::from(named[c])).powi(2)).sum::<f64>().sqrt()
+    (0..3)
+        .map(|c| (observed[c] - f64::from(named[c])).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// exp(-d²/2σ²): 1 at d = 0, about 0.61 at d = σ.
@@ -177,5 +224,7 @@ fn geometric_mean(values: &[f64]) -> f64 {
     if values.is_empty() || values.iter().any(|v| *v <= 0.0) {
         return 0.0;
     }
-    (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp().clamp(0.0, 1.0)
+    (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64)
+        .exp()
+        .clamp(0.0, 1.0)
 }

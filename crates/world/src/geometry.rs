@@ -101,7 +101,14 @@ fn equilateral_triangle_distance(h: f64, x: f64, y: f64) -> f64 {
 }
 
 /// Coverage of a whole frame by one shape centred at (cx, cy) (pixel centres at +0.5).
-pub fn coverage_map(shape: Shape, radius: f64, cx: f64, cy: f64, width: usize, height: usize) -> Vec<f64> {
+pub fn coverage_map(
+    shape: Shape,
+    radius: f64,
+    cx: f64,
+    cy: f64,
+    width: usize,
+    height: usize,
+) -> Vec<f64> {
     let mut map = vec![0.0; width * height];
     let [left, right, up, down] = shape.extents(radius);
     // Only the bounding box (plus the one-pixel ramp) can be covered.
@@ -132,7 +139,10 @@ mod tests {
         for shape in Shape::ALL {
             let area: f64 = coverage_map(shape, 10.0, 32.0, 32.0, 64, 64).iter().sum();
             let expected = std::f64::consts::PI * 100.0;
-            assert!((area - expected).abs() / expected < 0.01, "{shape:?}: {area} vs {expected}");
+            assert!(
+                (area - expected).abs() / expected < 0.01,
+                "{shape:?}: {area} vs {expected}"
+            );
         }
     }
 

@@ -188,7 +188,9 @@ impl Grammar {
         let mut shapes = BTreeMap::new();
         for name in &file.shapes {
             let Some(shape) = Shape::from_name(name) else {
-                return bad(format!("shape {name:?} has no geometry (known: circle, square, triangle)"));
+                return bad(format!(
+                    "shape {name:?} has no geometry (known: circle, square, triangle)"
+                ));
             };
             shapes.insert(name.clone(), shape);
         }
@@ -206,7 +208,9 @@ impl Grammar {
             }
             for word in words {
                 if !is_normalised_phrase(word) {
-                    return bad(format!("{what}: {word:?} must be lowercase words separated by single spaces"));
+                    return bad(format!(
+                        "{what}: {word:?} must be lowercase words separated by single spaces"
+                    ));
                 }
             }
         }
@@ -218,14 +222,26 @@ impl Grammar {
             }
             motions.insert(name.clone(), [dx / length, dy / length]);
         }
-        for (name, range) in file.sizes.iter().chain([(&"unsized_range".to_string(), &file.unsized_range)]) {
+        for (name, range) in file
+            .sizes
+            .iter()
+            .chain([(&"unsized_range".to_string(), &file.unsized_range)])
+        {
             if !is_increasing_range(*range) || range[1] >= 0.5 {
-                return bad(format!("size range {name:?} must satisfy 0 < low <= high < 0.5"));
+                return bad(format!(
+                    "size range {name:?} must satisfy 0 < low <= high < 0.5"
+                ));
             }
         }
-        for (name, range) in file.speeds.iter().chain([(&"unspeeded_range".to_string(), &file.unspeeded_range)]) {
+        for (name, range) in file
+            .speeds
+            .iter()
+            .chain([(&"unspeeded_range".to_string(), &file.unspeeded_range)])
+        {
             if !is_increasing_range(*range) || range[1] > 1.0 {
-                return bad(format!("speed range {name:?} must satisfy 0 < low <= high <= 1"));
+                return bad(format!(
+                    "speed range {name:?} must satisfy 0 < low <= high <= 1"
+                ));
             }
         }
         if !(file.edge_margin_px >= 0.0 && file.edge_margin_px.is_finite()) {
@@ -250,7 +266,9 @@ impl Grammar {
             return bad("evaluation tolerances must be positive numbers".into());
         }
         let has_slot = |wanted: SlotKind| {
-            template.iter().any(|part| matches!(part, TemplatePart::Slot { kind, .. } if *kind == wanted))
+            template
+                .iter()
+                .any(|part| matches!(part, TemplatePart::Slot { kind, .. } if *kind == wanted))
         };
         if !has_slot(SlotKind::Size) && !file.sizes.is_empty() {
             return bad("sizes are listed but the template has no {size?} slot".into());
@@ -295,7 +313,9 @@ fn is_increasing_range([low, high]: [f64; 2]) -> bool {
 
 fn is_normalised_phrase(phrase: &str) -> bool {
     !phrase.is_empty()
-        && phrase.split(' ').all(|word| !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase()))
+        && phrase
+            .split(' ')
+            .all(|word| !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase()))
 }
 
 /// Turns `["a", "{size?}", "{colour}", ...]` into template parts; every attribute slot except
@@ -312,7 +332,9 @@ fn parse_template(words: &[String]) -> Result<Vec<TemplatePart>> {
             let kind = SlotKind::from_name(name)
                 .ok_or_else(|| WorldError::Grammar(format!("unknown template slot {word:?}")))?;
             if seen.contains(&kind) {
-                return Err(WorldError::Grammar(format!("template slot {word:?} appears twice")));
+                return Err(WorldError::Grammar(format!(
+                    "template slot {word:?} appears twice"
+                )));
             }
             if optional != kind.is_optional() {
                 return Err(WorldError::Grammar(format!(
@@ -324,12 +346,22 @@ fn parse_template(words: &[String]) -> Result<Vec<TemplatePart>> {
         } else if is_normalised_phrase(word) && !word.contains(' ') {
             parts.push(TemplatePart::Literal(word.clone()));
         } else {
-            return Err(WorldError::Grammar(format!("template word {word:?} must be one lowercase word")));
+            return Err(WorldError::Grammar(format!(
+                "template word {word:?} must be one lowercase word"
+            )));
         }
     }
-    for kind in [SlotKind::Colour, SlotKind::Shape, SlotKind::Motion, SlotKind::Background] {
+    for kind in [
+        SlotKind::Colour,
+        SlotKind::Shape,
+        SlotKind::Motion,
+        SlotKind::Background,
+    ] {
         if !seen.contains(&kind) {
-            return Err(WorldError::Grammar(format!("template lacks the {{{}}} slot", kind.name())));
+            return Err(WorldError::Grammar(format!(
+                "template lacks the {{{}}} slot",
+                kind.name()
+            )));
         }
     }
     Ok(parts)

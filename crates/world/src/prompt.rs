@@ -46,7 +46,10 @@ pub struct Meaning {
 impl Prompt {
     /// Parses `text` (case and surrounding spaces do not matter; a final full stop is allowed).
     pub fn parse(grammar: &Grammar, text: &str) -> Result<Self> {
-        let fail = |reason: String| WorldError::Prompt { prompt: text.to_string(), reason };
+        let fail = |reason: String| WorldError::Prompt {
+            prompt: text.to_string(),
+            reason,
+        };
         let normalised = text.trim().trim_end_matches('.').to_lowercase();
         let words: Vec<&str> = normalised.split_whitespace().collect();
         let mut position = 0;
@@ -55,7 +58,10 @@ impl Prompt {
             match part {
                 TemplatePart::Literal(literal) => {
                     if words.get(position) != Some(&literal.as_str()) {
-                        return Err(fail(format!("expected {literal:?} at word {}", position + 1)));
+                        return Err(fail(format!(
+                            "expected {literal:?} at word {}",
+                            position + 1
+                        )));
                     }
                     position += 1;
                 }
@@ -132,17 +138,32 @@ impl Prompt {
         };
         let t = &self.tuple;
         let size_range = match &self.size {
-            Some(word) => *grammar.sizes.get(word).ok_or_else(|| unknown(SlotKind::Size, word))?,
+            Some(word) => *grammar
+                .sizes
+                .get(word)
+                .ok_or_else(|| unknown(SlotKind::Size, word))?,
             None => grammar.unsized_range,
         };
         let travel_range = match &self.speed {
-            Some(word) => *grammar.speeds.get(word).ok_or_else(|| unknown(SlotKind::Speed, word))?,
+            Some(word) => *grammar
+                .speeds
+                .get(word)
+                .ok_or_else(|| unknown(SlotKind::Speed, word))?,
             None => grammar.unspeeded_range,
         };
         Ok(Meaning {
-            colour: *grammar.colours.get(&t.colour).ok_or_else(|| unknown(SlotKind::Colour, &t.colour))?,
-            shape: *grammar.shapes.get(&t.shape).ok_or_else(|| unknown(SlotKind::Shape, &t.shape))?,
-            direction: *grammar.motions.get(&t.motion).ok_or_else(|| unknown(SlotKind::Motion, &t.motion))?,
+            colour: *grammar
+                .colours
+                .get(&t.colour)
+                .ok_or_else(|| unknown(SlotKind::Colour, &t.colour))?,
+            shape: *grammar
+                .shapes
+                .get(&t.shape)
+                .ok_or_else(|| unknown(SlotKind::Shape, &t.shape))?,
+            direction: *grammar
+                .motions
+                .get(&t.motion)
+                .ok_or_else(|| unknown(SlotKind::Motion, &t.motion))?,
             background: *grammar
                 .backgrounds
                 .get(&t.background)
@@ -155,10 +176,31 @@ impl Prompt {
     }
 }
 
+/// Parses a prompt list: one prompt a line; blank lines and lines starting with `#` are skipped.
+/// An error names the line.
+pub fn parse_prompt_lines(grammar: &Grammar, text: &str) -> Result<Vec<Prompt>> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
+        .map(|(index, line)| {
+            Prompt::parse(grammar, line).map_err(|error| match error {
+                WorldError::Prompt { prompt, reason } => WorldError::Prompt {
+                    prompt,
+                    reason: format!("line {}: {reason}", index + 1),
+                },
+                other => other,
+            })
+        })
+        .collect()
+}
+
 impl Tuple {
     /// A stable key, used for hashing into the held-out split.
     pub fn key(&self) -> String {
-        format!("{}|{}|{}|{}", self.colour, self.shape, self.motion, self.background)
+        format!(
+            "{}|{}|{}|{}",
+            self.colour, self.shape, self.motion, self.background
+        )
     }
 }
 
@@ -185,7 +227,12 @@ pub fn all_tuples(grammar: &Grammar) -> Vec<Tuple> {
 /// The choices of an optional slot (size or speed): none, or one of its words.
 pub fn optional_choices(grammar: &Grammar, kind: SlotKind) -> Vec<Option<String>> {
     std::iter::once(None)
-        .chain(grammar.vocabulary(kind).into_iter().map(|word| Some(word.to_string())))
+        .chain(
+            grammar
+                .vocabulary(kind)
+                .into_iter()
+                .map(|word| Some(word.to_string())),
+        )
         .collect()
 }
 
@@ -197,7 +244,11 @@ pub fn all_prompts(grammar: &Grammar) -> Vec<Prompt> {
     for tuple in all_tuples(grammar) {
         for size in &sizes {
             for speed in &speeds {
-                prompts.push(Prompt { tuple: tuple.clone(), size: size.clone(), speed: speed.clone() });
+                prompts.push(Prompt {
+                    tuple: tuple.clone(),
+                    size: size.clone(),
+                    speed: speed.clone(),
+                });
             }
         }
     }
@@ -217,7 +268,11 @@ fn slot_index(kind: SlotKind) -> usize {
 
 /// The longest vocabulary phrase that starts at `words[position]` (so "dark green" wins over a
 /// hypothetical "dark").
-fn longest_phrase_at<'v>(words: &[&str], position: usize, vocabulary: &[&'v str]) -> Option<&'v str> {
+fn longest_phrase_at<'v>(
+    words: &[&str],
+    position: usize,
+    vocabulary: &[&'v str],
+) -> Option<&'v str> {
     vocabulary
         .iter()
         .filter(|phrase| {

@@ -72,7 +72,8 @@ impl Scene {
         let mut start = [0.0; 2];
         for axis in 0..2 {
             let shift = travel * direction[axis];
-            start[axis] = random.between([low[axis] + (-shift).max(0.0), high[axis] - shift.max(0.0)]);
+            start[axis] =
+                random.between([low[axis] + (-shift).max(0.0), high[axis] - shift.max(0.0)]);
         }
         let steps = (frames - 1) as f64;
         Ok(Self {
@@ -91,12 +92,17 @@ impl Scene {
     /// The object's centre in frame `index`.
     pub fn centre(&self, index: usize) -> [f64; 2] {
         let t = index as f64;
-        [self.start[0] + self.velocity[0] * t, self.start[1] + self.velocity[1] * t]
+        [
+            self.start[0] + self.velocity[0] * t,
+            self.start[1] + self.velocity[1] * t,
+        ]
     }
 
     pub fn render(&self) -> Result<Video> {
         check_geometry(self.frames, self.width, self.height)?;
-        let frames = (0..self.frames).map(|index| self.render_frame(index)).collect();
+        let frames = (0..self.frames)
+            .map(|index| self.render_frame(index))
+            .collect();
         Video::new(frames, self.width, self.height)
     }
 
@@ -124,5 +130,7 @@ pub fn render(
     width: usize,
     height: usize,
 ) -> Result<Vec<Vec<u8>>> {
-    Ok(Scene::sample(grammar, prompt, seed, frames, width, height)?.render()?.into_frames())
+    Ok(Scene::sample(grammar, prompt, seed, frames, width, height)?
+        .render()?
+        .into_frames())
 }

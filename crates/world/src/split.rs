@@ -49,7 +49,9 @@ impl FromStr for Split {
             "train" => Ok(Self::Train),
             "held-out" | "heldout" | "held_out" => Ok(Self::HeldOut),
             "all" => Ok(Self::All),
-            other => Err(WorldError::Argument(format!("unknown split {other:?} (train, held-out, all)"))),
+            other => Err(WorldError::Argument(format!(
+                "unknown split {other:?} (train, held-out, all)"
+            ))),
         }
     }
 }
@@ -61,12 +63,21 @@ pub fn held_out_tuples(grammar: &Grammar) -> Vec<Tuple> {
     let count = (tuples.len() as f64 * grammar.held_out.fraction).round() as usize;
     let mut ranked: Vec<(u64, &Tuple)> = tuples
         .iter()
-        .map(|t| (rng::fnv1a64(&format!("{}|{}", grammar.held_out.salt, t.key())), t))
+        .map(|t| {
+            (
+                rng::fnv1a64(&format!("{}|{}", grammar.held_out.salt, t.key())),
+                t,
+            )
+        })
         .collect();
     // The key breaks (astronomically unlikely) hash ties deterministically.
     ranked.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
     let chosen: BTreeSet<&Tuple> = ranked.into_iter().take(count).map(|(_, t)| t).collect();
-    tuples.iter().filter(|t| chosen.contains(t)).cloned().collect()
+    tuples
+        .iter()
+        .filter(|t| chosen.contains(t))
+        .cloned()
+        .collect()
 }
 
 /// The tuples of one split, in the grammar's enumeration order.

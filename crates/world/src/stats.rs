@@ -48,7 +48,10 @@ pub struct Report {
 impl Report {
     pub fn new(videos: Vec<ScoredVideo>) -> Self {
         let scores: Vec<Scores> = videos.iter().map(|v| v.scores.clone()).collect();
-        Self { summary: summarise(&scores), videos }
+        Self {
+            summary: summarise(&scores),
+            videos,
+        }
     }
 }
 
@@ -64,7 +67,10 @@ pub fn summarise(scores: &[Scores]) -> Summary {
             (!values.is_empty()).then(|| summarise_values(name, &values))
         })
         .collect();
-    Summary { videos: scores.len(), measures }
+    Summary {
+        videos: scores.len(),
+        measures,
+    }
 }
 
 fn summarise_values(name: &str, values: &[f64]) -> MeasureSummary {
@@ -74,11 +80,20 @@ fn summarise_values(name: &str, values: &[f64]) -> MeasureSummary {
         let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
         let std = variance.sqrt();
         let half_width = student_t_975(n - 1) * std / (n as f64).sqrt();
-        (std, Some([(mean - half_width).max(0.0), (mean + half_width).min(1.0)]))
+        (
+            std,
+            Some([(mean - half_width).max(0.0), (mean + half_width).min(1.0)]),
+        )
     } else {
         (0.0, None)
     };
-    MeasureSummary { name: name.to_string(), n, mean, std, ci95 }
+    MeasureSummary {
+        name: name.to_string(),
+        n,
+        mean,
+        std,
+        ci95,
+    }
 }
 
 /// The 97.5% quantile of Student's t with `df` degrees of freedom: tabulated up to 30, then the

@@ -26,7 +26,11 @@ impl Video {
                 frame.len()
             )));
         }
-        Ok(Self { frames, width, height })
+        Ok(Self {
+            frames,
+            width,
+            height,
+        })
     }
 
     pub fn frames(&self) -> &[Vec<u8>] {
@@ -49,10 +53,14 @@ impl Video {
 /// Rejects clip geometries the world cannot draw or judge.
 pub fn check_geometry(frames: usize, width: usize, height: usize) -> Result<()> {
     if !(2..=MAX_FRAMES).contains(&frames) {
-        return Err(WorldError::Argument(format!("{frames} frames (need 2..={MAX_FRAMES})")));
+        return Err(WorldError::Argument(format!(
+            "{frames} frames (need 2..={MAX_FRAMES})"
+        )));
     }
     if !(16..=MAX_SIDE).contains(&width) || !(16..=MAX_SIDE).contains(&height) {
-        return Err(WorldError::Argument(format!("{width}x{height} frames (sides need 16..={MAX_SIDE})")));
+        return Err(WorldError::Argument(format!(
+            "{width}x{height} frames (sides need 16..={MAX_SIDE})"
+        )));
     }
     Ok(())
 }

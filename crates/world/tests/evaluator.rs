@@ -9,7 +9,12 @@ fn grammar() -> Grammar {
 
 fn render_video(grammar: &Grammar, prompt: &Prompt, seed: u64) -> Video {
     let v = grammar.video;
-    Video::new(render(grammar, prompt, seed, v.frames, v.width, v.height).unwrap(), v.width, v.height).unwrap()
+    Video::new(
+        render(grammar, prompt, seed, v.frames, v.width, v.height).unwrap(),
+        v.width,
+        v.height,
+    )
+    .unwrap()
 }
 
 /// A spread of ground-truth clips: prompts from every split, each rendered under its own seed.
@@ -61,7 +66,11 @@ fn ground_truth_scores_near_one_and_mismatches_score_low() {
         let observation = analyse(&grammar, video).unwrap();
         let scores = score(&grammar, &observation, prompt).unwrap();
         assert_eq!(scores, evaluate(&grammar, video, prompt).unwrap());
-        assert!(scores.adherence > 0.85, "{} scored {scores:?}", prompt.text(&grammar));
+        assert!(
+            scores.adherence > 0.85,
+            "{} scored {scores:?}",
+            prompt.text(&grammar)
+        );
         matched.push(scores);
         for kind in [
             SlotKind::Colour,
@@ -81,7 +90,10 @@ fn ground_truth_scores_near_one_and_mismatches_score_low() {
     }
     let summary = summarise(&matched);
     for measure in &summary.measures {
-        println!("matched {:<10} mean {:.4} ci95 {:?} (n = {})", measure.name, measure.mean, measure.ci95, measure.n);
+        println!(
+            "matched {:<10} mean {:.4} ci95 {:?} (n = {})",
+            measure.name, measure.mean, measure.ci95, measure.n
+        );
     }
     assert!(summary.measure("adherence").unwrap().mean >= 0.95);
     for name in MEASURES {
@@ -89,21 +101,47 @@ fn ground_truth_scores_near_one_and_mismatches_score_low() {
     }
 
     let of_kind = |kind: SlotKind, pick: fn(&Scores) -> f64| -> Vec<f64> {
-        mismatched.iter().filter(|(k, _)| *k == kind).map(|(_, s)| pick(s)).collect()
+        mismatched
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, s)| pick(s))
+            .collect()
     };
     let matched_of = |pick: fn(&Scores) -> f64| mean(&matched.iter().map(pick).collect::<Vec<_>>());
     let report = |label: &str, values: &[f64]| {
         let max = values.iter().copied().fold(0.0, f64::max);
-        println!("{label:<28} mean {:.4} max {:.4} (n = {})", mean(values), max, values.len());
+        println!(
+            "{label:<28} mean {:.4} max {:.4} (n = {})",
+            mean(values),
+            max,
+            values.len()
+        );
         (mean(values), max)
     };
-    let (colour_mean, colour_max) = report("wrong colour -> colour", &of_kind(SlotKind::Colour, |s| s.colour));
-    let (motion_mean, motion_max) = report("wrong motion -> motion", &of_kind(SlotKind::Motion, |s| s.motion));
-    let (shape_mean, shape_max) = report("wrong shape -> shape", &of_kind(SlotKind::Shape, |s| s.shape));
-    let (background_mean, background_max) =
-        report("wrong background -> background", &of_kind(SlotKind::Background, |s| s.background));
-    let (size_mean, _) = report("wrong size -> size", &of_kind(SlotKind::Size, |s| s.size.unwrap()));
-    let (speed_mean, _) = report("wrong speed -> speed", &of_kind(SlotKind::Speed, |s| s.speed.unwrap()));
+    let (colour_mean, colour_max) = report(
+        "wrong colour -> colour",
+        &of_kind(SlotKind::Colour, |s| s.colour),
+    );
+    let (motion_mean, motion_max) = report(
+        "wrong motion -> motion",
+        &of_kind(SlotKind::Motion, |s| s.motion),
+    );
+    let (shape_mean, shape_max) = report(
+        "wrong shape -> shape",
+        &of_kind(SlotKind::Shape, |s| s.shape),
+    );
+    let (background_mean, background_max) = report(
+        "wrong background -> background",
+        &of_kind(SlotKind::Background, |s| s.background),
+    );
+    let (size_mean, _) = report(
+        "wrong size -> size",
+        &of_kind(SlotKind::Size, |s| s.size.unwrap()),
+    );
+    let (speed_mean, _) = report(
+        "wrong speed -> speed",
+        &of_kind(SlotKind::Speed, |s| s.speed.unwrap()),
+    );
     let all_adherence: Vec<f64> = mismatched.iter().map(|(_, s)| s.adherence).collect();
     let (adherence_mean, _) = report("any one mismatch -> adherence", &all_adherence);
     assert!(colour_mean < 0.05 && colour_max < 0.2);
@@ -129,13 +167,20 @@ fn ground_truth_scores_near_one_and_mismatches_score_low() {
 #[test]
 fn shuffled_frames_lose_temporal_consistency_and_motion() {
     let grammar = grammar();
-    let prompt = Prompt::parse(&grammar, "a large white square moving down on a gray background").unwrap();
+    let prompt = Prompt::parse(
+        &grammar,
+        "a large white square moving down quickly on a gray background",
+    )
+    .unwrap();
     let video = render_video(&grammar, &prompt, 3);
     let original = evaluate(&grammar, &video, &prompt).unwrap();
     let mut frames = video.clone().into_frames();
     // A fixed derangement that breaks the constant-velocity path.
     let order = [7, 2, 12, 0, 15, 5, 10, 3, 13, 1, 8, 14, 4, 11, 6, 9];
-    let shuffled: Vec<Vec<u8>> = order.iter().map(|&i| std::mem::take(&mut frames[i])).collect();
+    let shuffled: Vec<Vec<u8>> = order
+        .iter()
+        .map(|&i| std::mem::take(&mut frames[i]))
+        .collect();
     let shuffled = Video::new(shuffled, video.width(), video.height()).unwrap();
     let scores = evaluate(&grammar, &shuffled, &prompt).unwrap();
     println!("original {original:?}\nshuffled {scores:?}");
@@ -177,11 +222,19 @@ fn blur(video: &Video, radius: usize) -> Video {
 #[test]
 fn blurred_video_is_less_sharp() {
     let grammar = grammar();
-    let prompt = Prompt::parse(&grammar, "a large orange circle moving left on a navy background").unwrap();
+    let prompt = Prompt::parse(
+        &grammar,
+        "a large orange circle moving left on a navy background",
+    )
+    .unwrap();
     let video = render_video(&grammar, &prompt, 9);
     let sharp = evaluate(&grammar, &video, &prompt).unwrap().sharpness;
-    let soft = evaluate(&grammar, &blur(&video, 1), &prompt).unwrap().sharpness;
-    let softer = evaluate(&grammar, &blur(&video, 3), &prompt).unwrap().sharpness;
+    let soft = evaluate(&grammar, &blur(&video, 1), &prompt)
+        .unwrap()
+        .sharpness;
+    let softer = evaluate(&grammar, &blur(&video, 3), &prompt)
+        .unwrap()
+        .sharpness;
     println!("sharpness: original {sharp:.3}, blur 3x3 {soft:.3}, blur 7x7 {softer:.3}");
     assert!(sharp > 0.95);
     assert!(soft < 0.8 && softer < soft && softer < 0.4);
@@ -198,7 +251,8 @@ fn add_noise(video: &Video, amplitude: i32) -> Video {
                 .iter()
                 .enumerate()
                 .map(|(i, &v)| {
-                    let hash = (i as u64 + 7919 * f as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+                    let hash =
+                        (i as u64 + 7919 * f as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
                     let offset = (hash % (2 * amplitude as u64 + 1)) as i32 - amplitude;
                     (i32::from(v) + offset).clamp(0, 255) as u8
                 })
@@ -227,12 +281,24 @@ fn mild_noise_keeps_adherence_high() {
 #[test]
 fn an_empty_video_adheres_to_nothing() {
     let grammar = grammar();
-    let prompt = Prompt::parse(&grammar, "a small red circle moving up slowly on a black background").unwrap();
+    let prompt = Prompt::parse(
+        &grammar,
+        "a small red circle moving up slowly on a black background",
+    )
+    .unwrap();
     let black = Video::new(vec![vec![0u8; 64 * 64 * 3]; 16], 64, 64).unwrap();
     let scores = evaluate(&grammar, &black, &prompt).unwrap();
     assert!(scores.background > 0.99);
     assert_eq!(
-        (scores.colour, scores.shape, scores.motion, scores.size, scores.speed, scores.sharpness, scores.adherence),
+        (
+            scores.colour,
+            scores.shape,
+            scores.motion,
+            scores.size,
+            scores.speed,
+            scores.sharpness,
+            scores.adherence
+        ),
         (0.0, 0.0, 0.0, Some(0.0), Some(0.0), 0.0, 0.0)
     );
 }

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use entrovid_world::{
-    evaluate, held_out_tuples, manifest_path, read_prompts, read_videos, sample_prompts, write_dataset, Grammar,
-    Prompt, Report, ScoredVideo, Split, VideoSize, WorldError,
+    evaluate, held_out_tuples, manifest_path, read_prompts, read_videos, sample_prompts,
+    write_dataset, Grammar, Prompt, Report, ScoredVideo, Split, VideoSize, WorldError,
 };
 
 const USAGE: &str = "usage: entrovid-world <export|eval|prompts|held-out> [--option value]...
@@ -54,7 +54,12 @@ fn run(arguments: &[String]) -> Result<(), String> {
         "prompts" => {
             options.only(&["grammar", "count", "seed", "split"])?;
             let split = options.split()?;
-            for prompt in sample_prompts(&grammar, split, options.number("count")?, options.number("seed")?) {
+            for prompt in sample_prompts(
+                &grammar,
+                split,
+                options.number("count")?,
+                options.number("seed")?,
+            ) {
                 println!("{}", prompt.text(&grammar));
             }
             Ok(())
@@ -62,7 +67,10 @@ fn run(arguments: &[String]) -> Result<(), String> {
         "held-out" => {
             options.only(&["grammar"])?;
             let tuples = held_out_tuples(&grammar);
-            println!("{}", serde_json::to_string_pretty(&tuples).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&tuples).map_err(|e| e.to_string())?
+            );
             Ok(())
         }
         "help" | "--help" | "-h" => {
@@ -74,7 +82,9 @@ fn run(arguments: &[String]) -> Result<(), String> {
 }
 
 fn export(grammar: &Grammar, options: &Options) -> Result<(), String> {
-    options.only(&["grammar", "out", "count", "seed", "split", "frames", "width", "height"])?;
+    options.only(&[
+        "grammar", "out", "count", "seed", "split", "frames", "width", "height",
+    ])?;
     let out = PathBuf::from(options.required("out")?);
     let video = VideoSize {
         frames: options.number_or("frames", grammar.video.frames)?,
@@ -105,25 +115,41 @@ fn export(grammar: &Grammar, options: &Options) -> Result<(), String> {
 fn eval(grammar: &Grammar, options: &Options) -> Result<(), String> {
     options.only(&["grammar", "videos", "prompts", "out"])?;
     let videos_path = PathBuf::from(options.required("videos")?);
-    let prompts_path = options.get("prompts").map(PathBuf::from).unwrap_or_else(|| manifest_path(&videos_path));
+    let prompts_path = options
+        .get("prompts")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_path(&videos_path));
     let videos = read_videos(&videos_path).map_err(|e| e.to_string())?;
     let prompts = read_prompts(&prompts_path).map_err(|e| e.to_string())?;
     if videos.len() != prompts.len() {
-        return Err(format!("{} videos but {} prompts", videos.len(), prompts.len()));
+        return Err(format!(
+            "{} videos but {} prompts",
+            videos.len(),
+            prompts.len()
+        ));
     }
     let scored = videos
         .iter()
         .zip(&prompts)
         .map(|(video, text)| {
             let prompt = Prompt::parse(grammar, text)?;
-            Ok(ScoredVideo { prompt: prompt.text(grammar), seed: None, scores: evaluate(grammar, video, &prompt)? })
+            Ok(ScoredVideo {
+                prompt: prompt.text(grammar),
+                seed: None,
+                scores: evaluate(grammar, video, &prompt)?,
+            })
         })
         .collect::<Result<Vec<_>, WorldError>>()
         .map_err(|e| e.to_string())?;
     let report = Report::new(scored);
     for measure in &report.summary.measures {
-        let interval = measure.ci95.map_or("n/a".to_string(), |[low, high]| format!("[{low:.4}, {high:.4}]"));
-        println!("{:<10} mean {:.4}  95% CI {interval}  (n = {})", measure.name, measure.mean, measure.n);
+        let interval = measure.ci95.map_or("n/a".to_string(), |[low, high]| {
+            format!("[{low:.4}, {high:.4}]")
+        });
+        println!(
+            "{:<10} mean {:.4}  95% CI {interval}  (n = {})",
+            measure.name, measure.mean, measure.n
+        );
     }
     if let Some(out) = options.get("out") {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
@@ -140,8 +166,12 @@ impl Options {
         let mut map = BTreeMap::new();
         let mut rest = arguments.iter();
         while let Some(flag) = rest.next() {
-            let name = flag.strip_prefix("--").ok_or_else(|| format!("expected --option, got {flag:?}"))?;
-            let value = rest.next().ok_or_else(|| format!("--{name} needs a value"))?;
+            let name = flag
+                .strip_prefix("--")
+                .ok_or_else(|| format!("expected --option, got {flag:?}"))?;
+            let value = rest
+                .next()
+                .ok_or_else(|| format!("--{name} needs a value"))?;
             if map.insert(name.to_string(), value.clone()).is_some() {
                 return Err(format!("--{name} given twice"));
             }
@@ -161,12 +191,14 @@ impl Options {
     }
 
     fn required(&self, name: &str) -> Result<&str, String> {
-        self.get(name).ok_or_else(|| format!("--{name} is required\n{USAGE}"))
+        self.get(name)
+            .ok_or_else(|| format!("--{name} is required\n{USAGE}"))
     }
 
     fn number<T: std::str::FromStr>(&self, name: &str) -> Result<T, String> {
         let text = self.required(name)?;
-        text.parse().map_err(|_| format!("--{name} {text:?} is not a valid number"))
+        text.parse()
+            .map_err(|_| format!("--{name} {text:?} is not a valid number"))
     }
 
     fn number_or<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
@@ -177,6 +209,9 @@ impl Options {
     }
 
     fn split(&self) -> Result<Split, String> {
-        self.get("split").unwrap_or("train").parse().map_err(|e: WorldError| e.to_string())
+        self.get("split")
+            .unwrap_or("train")
+            .parse()
+            .map_err(|e: WorldError| e.to_string())
     }
 }
