@@ -159,3 +159,60 @@ async fn sigterm_drains_and_exits() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A webhook that could not be delivered before the server was killed is delivered by the next
+/// server: deliveries are rows committed with the status change, not tasks in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_webhook_survives_a_killed_server() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let start = |data: &Path| {
+        let mut command = entrovid(data, &["serve", "--bind", "127.0.0.1:0", "--workers", "1"], 5);
+        command.env("ENTROVID_WEBHOOK_SECRET", "k").env("ENTROVID_WEBHOOK_ALLOW_PRIVATE", "true");
+        let mut child = command.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        (Process { child }, line.trim().rsplit(' ').next().unwrap().to_string())
+    };
+    let (mut server, base) = start(&data);
+    let client = reqwest::Client::new();
+    let job: Value = client
+        .post(format!("{base}/v1/jobs"))
+        .json(&json!({"kind": "generate", "prompt": "hook", "num_inference_steps": 1, "webhook_url": format!("http://{address}/hook")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    wait_until(&client, &base, &id, |j| j["status"] == "succeeded", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // the first attempt is refused
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+    let received = bodies.clone();
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let received = received.clone();
+            async move {
+                received.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let (_server, _base) = start(&data);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while bodies.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the webhook was lost with the killed server");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = bodies.lock().unwrap()[0].clone();
+    assert_eq!((delivered["id"].as_str(), delivered["status"].as_str()), (Some(id.as_str()), Some("succeeded")));
+}
