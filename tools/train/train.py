@@ -1,0 +1,505 @@
+"""Train entrovid's default text-to-video model from scratch on clips of the synthetic world.
+
+    python3 tools/train/train.py --data train.safetensors --out models/entrovid-world-tiny \
+        --minutes 18 --seed 0
+
+Two stages share one wall-clock budget (`--minutes`):
+
+1. VAE (`--vae-fraction` of the budget): an AutoencoderKL trained per frame with L1 + L2 (pixels
+   of the moving object weighted up, since it covers a few percent of the frame) and a small KL
+   term. Its `scaling_factor` is then set to 1 / std of the latents of the training clips.
+2. Diffusion (the rest): every clip is encoded once to latents; the UNet3DConditionModel and the
+   CLIPTextModel are trained jointly on the epsilon-prediction loss, with noise drawn by a
+   DDPMScheduler of the shipped DDIM scheduler's betas, 10% of prompts replaced by "" for
+   classifier-free guidance, and some batches at 8 frames (every other frame: the clip's motion
+   over its whole length, hence its speed words, is unchanged). An EMA of the weights is shipped.
+
+The learning rate warms up, stays constant and decays linearly over the last `--decay-fraction` of
+each stage, so a resumed run (`--resume CHECKPOINT_DIR`, which continues from the last checkpoint
+with a new budget) ends with a decay too. With `--vae-steps` / `--unet-steps` the stages end after
+a fixed number of steps instead of at a time, which makes a run repeatable from its seed (up to
+the nondeterminism of GPU kernels).
+
+Writes the float16 TextToVideoSDPipeline folder `--out` (plus entrovid.json), training state in
+`--checkpoint-dir` (default `<out>.ckpt`) and a JSON log (default `<out>.log.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import components
+from world_data import load_clips, to_model_range
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHECKPOINT_FILE = "state.pt"
+EMPTY_PROMPT = ""
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, nargs="+", required=True,
+                   help="dataset file(s) of `entrovid-world export --split train` (X.safetensors + X.json)")
+    p.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
+    p.add_argument("--minutes", type=float, default=18.0, help="wall-clock budget of this run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", type=Path, help="checkpoint folder of an earlier run to continue from")
+    p.add_argument("--checkpoint-dir", type=Path, help="default: <out>.ckpt")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--log", type=Path, help="JSON log, default: <out>.log.json")
+    p.add_argument("--grammar", type=Path, default=REPO_ROOT / "world" / "grammar.json")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data-on-device", choices=["auto", "yes", "no"], default="auto",
+                   help="keep the uint8 clips in accelerator memory during the VAE stage")
+    # architecture (ignored when resuming: the checkpoint's is used)
+    arch = components.Architecture()
+    p.add_argument("--vae-channels", type=int, nargs="+", default=arch.vae_channels)
+    p.add_argument("--vae-norm-groups", type=int, default=arch.vae_norm_groups)
+    p.add_argument("--unet-channels", type=int, nargs="+", default=arch.unet_channels)
+    p.add_argument("--unet-layers-per-block", type=int, default=arch.unet_layers_per_block)
+    p.add_argument("--unet-heads", type=int, default=arch.unet_heads)
+    p.add_argument("--unet-norm-groups", type=int, default=arch.unet_norm_groups)
+    p.add_argument("--text-hidden", type=int, default=arch.text_hidden)
+    p.add_argument("--text-layers", type=int, default=arch.text_layers)
+    p.add_argument("--text-heads", type=int, default=arch.text_heads)
+    # VAE stage
+    p.add_argument("--vae-fraction", type=float, default=0.2, help="share of the budget for the VAE")
+    p.add_argument("--vae-steps", type=int, help="end the VAE stage after this many steps")
+    p.add_argument("--vae-batch", type=int, default=128, help="frames per VAE step")
+    p.add_argument("--vae-lr", type=float, default=5e-4)
+    p.add_argument("--vae-kl-weight", type=float, default=1e-4,
+                   help="weight of the KL term (per latent element) against the per-pixel loss")
+    p.add_argument("--vae-object-weight", type=float, default=4.0,
+                   help="extra loss weight of pixels that differ from the frame's background")
+    # diffusion stage
+    p.add_argument("--unet-steps", type=int, help="end the diffusion stage after this many steps")
+    p.add_argument("--batch", type=int, default=128, help="clips per diffusion step")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--prompt-dropout", type=float, default=0.1)
+    p.add_argument("--short-clip-fraction", type=float, default=0.25,
+                   help="share of batches trained at half the frames (every other frame)")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--decay-fraction", type=float, default=0.2)
+    p.add_argument("--log-seconds", type=float, default=15.0)
+    p.add_argument("--save-reserve-seconds", type=float, default=30.0,
+                   help="budget kept free at the end for writing the checkpoint and pipeline")
+    return p.parse_args()
+
+
+# ----------------------------------------------------------------------------------------------
+# bookkeeping
+
+
+class RunLog:
+    """Progress printed as it happens and kept in a small JSON file."""
+
+    def __init__(self, path: Path, args: argparse.Namespace):
+        self.path = path
+        self.started = time.monotonic()
+        self.record = {"args": json.loads(json.dumps(vars(args), default=str)), "events": []}
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def event(self, **fields) -> None:
+        fields = {"elapsed_s": round(self.elapsed(), 1), **fields}
+        self.record["events"].append(fields)
+        print(" ".join(f"{k}={_fmt(v)}" for k, v in fields.items()), flush=True)
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.record, indent=1) + "\n")
+        tmp.replace(self.path)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@dataclass
+class StageClock:
+    """When a stage ends (a step count or a deadline) and how far along it is, for the schedule."""
+
+    started_at: float
+    deadline: float
+    max_steps: int | None
+    first_step: int
+
+    def progress(self, step: int) -> float:
+        if self.max_steps is not None:
+            total = max(self.max_steps - self.first_step, 1)
+            return min((step - self.first_step) / total, 1.0)
+        span = max(self.deadline - self.started_at, 1e-6)
+        return min((time.monotonic() - self.started_at) / span, 1.0)
+
+    def done(self, step: int) -> bool:
+        if self.max_steps is not None:
+            return step >= self.max_steps
+        return time.monotonic() >= self.deadline
+
+
+def learning_rate(base: float, step: int, progress: float, warmup: int, decay_fraction: float) -> float:
+    """Warm up over `warmup` steps, hold, decay linearly to 0 over the last `decay_fraction`."""
+    warm = min((step + 1) / max(warmup, 1), 1.0)
+    if decay_fraction <= 0 or progress < 1.0 - decay_fraction:
+        return base * warm
+    return base * warm * max((1.0 - progress) / decay_fraction, 0.02)
+
+
+@dataclass
+class TrainingState:
+    arch: components.Architecture
+    stage: str = "vae"  # "vae", then "diffusion"
+    vae_step: int = 0
+    unet_step: int = 0
+    scaling_factor: float | None = None
+    tensors: dict = field(default_factory=dict)  # module / optimizer / EMA state dicts
+
+
+def save_checkpoint(folder: Path, state: TrainingState, modules: dict, optimizers: dict, ema) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "arch": state.arch.to_dict(), "stage": state.stage, "vae_step": state.vae_step,
+        "unet_step": state.unet_step, "scaling_factor": state.scaling_factor,
+        "modules": {name: m.state_dict() for name, m in modules.items()},
+        "optimizers": {name: o.state_dict() for name, o in optimizers.items() if o is not None},
+        "ema": ema.state_dict() if ema is not None else None,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    tmp = folder / (CHECKPOINT_FILE + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(folder / CHECKPOINT_FILE)
+
+
+def load_checkpoint(folder: Path) -> dict:
+    path = folder / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CHECKPOINT_FILE} in {folder}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+class Ema:
+    """Exponential moving average of the diffusion stage's weights (UNet and text encoder); the
+    average is what the pipeline ships."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {name: [p.detach().clone().float() for p in m.parameters()]
+                       for name, m in modules.items()}
+
+    @torch.no_grad()
+    def update(self, modules: dict[str, torch.nn.Module]) -> None:
+        self.updates += 1
+        # A short average at first, so that early weights do not linger in it.
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for name, module in modules.items():
+            params = [p.detach().float() for p in module.parameters()]
+            torch._foreach_lerp_(self.shadow[name], params, 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to(self, modules: dict[str, torch.nn.Module]) -> None:
+        for name, module in modules.items():
+            for shadow, p in zip(self.shadow[name], module.parameters()):
+                p.copy_(shadow.to(p.dtype))
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.updates = state["updates"]
+        self.shadow = {name: [t.to(device) for t in tensors] for name, tensors in state["shadow"].items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# stage 1: VAE
+
+
+def object_weights(frames: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """Per-pixel loss weights [B,1,H,W]: 1 + object_weight where a pixel differs from the frame's
+    background colour (the per-channel median: the object covers well under half of the frame)."""
+    background = frames.flatten(2).median(dim=2).values[:, :, None, None]
+    differs = (frames - background).abs().sum(dim=1, keepdim=True) > 0.1
+    return 1.0 + object_weight * differs.float()
+
+
+def train_vae(args, state: TrainingState, vae, optimizer, videos: torch.Tensor, device, clock: StageClock,
+              log: RunLog, autocast, on_checkpoint) -> None:
+    count, frames_per_clip = videos.shape[0], videos.shape[1]
+    generator = torch.Generator(device="cpu").manual_seed(args.seed * 1000 + state.vae_step)
+    vae.train()
+    window_loss, window_steps, window_start = 0.0, 0, time.monotonic()
+    last_log = last_checkpoint = time.monotonic()
+    while not clock.done(state.vae_step):
+        clip = torch.randint(count, (args.vae_batch,), generator=generator)
+        frame = torch.randint(frames_per_clip, (args.vae_batch,), generator=generator)
+        if videos.device != device:
+            batch = videos[clip, frame].to(device, non_blocking=True)
+        else:
+            batch = videos[clip.to(device), frame.to(device)]
+        images = to_model_range(batch)
+        lr = learning_rate(args.vae_lr, state.vae_step, clock.progress(state.vae_step),
+                           args.warmup_steps, args.decay_fraction)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast():
+            posterior = vae.encode(images).latent_dist
+            recon = vae.decode(posterior.sample()).sample
+        recon = recon.float()
+        weights = object_weights(images, args.vae_object_weight)
+        error = recon - images
+        pixel_loss = (weights * error.abs()).mean() + (weights * error.square()).mean()
+        kl = posterior.kl().float().mean() / posterior.mean[0].numel()
+        loss = pixel_loss + args.vae_kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        state.vae_step += 1
+        if _should_sync(state.vae_step):
+            window_loss += loss.item()
+            window_steps += 1
+        now = time.monotonic()
+        if now - last_log >= args.log_seconds:
+            log.event(stage="vae", step=state.vae_step, loss=window_loss / max(window_steps, 1),
+                      kl=kl.item(), lr=lr, steps_per_s=_rate(state.vae_step, window_start, now, window_steps))
+            window_loss, window_steps, window_start, last_log = 0.0, 0, now, now
+        if now - last_checkpoint >= args.checkpoint_minutes * 60:
+            on_checkpoint()
+            last_checkpoint = now
+    vae.eval()
+
+
+_SYNC_EVERY = 10
+
+
+def _should_sync(step: int) -> bool:
+    """Read the loss back to the host only every few steps: a read waits for the accelerator."""
+    return step % _SYNC_EVERY == 0
+
+
+def _rate(step: int, window_start: float, now: float, sampled_steps: int) -> float:
+    return sampled_steps * _SYNC_EVERY / max(now - window_start, 1e-6)
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, videos: torch.Tensor, device, autocast, sample_frames: int = 4096) -> float:
+    """1 / std of the latents of a fixed sample of training frames, as Stable Diffusion's 0.18215."""
+    generator = torch.Generator(device="cpu").manual_seed(1234)
+    count, frames_per_clip = videos.shape[0], videos.shape[1]
+    clip = torch.randint(count, (sample_frames,), generator=generator)
+    frame = torch.randint(frames_per_clip, (sample_frames,), generator=generator)
+    samples = []
+    for start in range(0, sample_frames, 512):
+        batch = videos[clip[start:start + 512].to(videos.device), frame[start:start + 512].to(videos.device)]
+        with autocast():
+            samples.append(vae.encode(to_model_range(batch.to(device))).latent_dist.sample().float())
+    latents = torch.cat(samples)
+    return 1.0 / latents.std().item()
+
+
+@torch.no_grad()
+def encode_clips(vae, videos: torch.Tensor, scaling_factor: float, device, autocast,
+                 clips_per_batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every clip, scaled, as float16 [N, 4, F, h, w] (the UNet's layout)."""
+    means, stds = [], []
+    for start in range(0, videos.shape[0], clips_per_batch):
+        clips = videos[start:start + clips_per_batch].to(device)
+        count, frames = clips.shape[:2]
+        with autocast():
+            posterior = vae.encode(to_model_range(clips.flatten(0, 1))).latent_dist
+        for values, out in ((posterior.mean, means), (posterior.std, stds)):
+            values = values.float() * scaling_factor
+            out.append(values.unflatten(0, (count, frames)).transpose(1, 2).half())
+    return torch.cat(means), torch.cat(stds)
+
+
+# ----------------------------------------------------------------------------------------------
+# stage 2: UNet + text encoder
+
+
+def train_diffusion(args, state: TrainingState, unet, text_encoder, optimizer, ema: Ema,
+                    latent_mean: torch.Tensor, latent_std: torch.Tensor, input_ids: torch.Tensor,
+                    empty_ids: torch.Tensor, device, clock: StageClock, log: RunLog, autocast,
+                    on_checkpoint) -> None:
+    noise_scheduler = components.build_training_scheduler()
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    num_timesteps = noise_scheduler.config.num_train_timesteps
+    trained = {"unet": unet, "text_encoder": text_encoder}
+    params = [p for m in trained.values() for p in m.parameters()]
+    generator = torch.Generator(device="cpu").manual_seed(args.seed * 1000 + 1 + state.unet_step)
+    count = latent_mean.shape[0]
+    unet.train()
+    text_encoder.train()
+    window_loss, window_steps, window_start = 0.0, 0, time.monotonic()
+    last_log = last_checkpoint = time.monotonic()
+    while not clock.done(state.unet_step):
+        clip = torch.randint(count, (args.batch,), generator=generator).to(latent_mean.device)
+        mean, std = latent_mean[clip].float(), latent_std[clip].float()
+        latents = mean + std * torch.randn_like(std)
+        if torch.rand((), generator=generator).item() < args.short_clip_fraction:
+            latents = latents[:, :, ::2]
+        ids = input_ids[clip]
+        dropped = torch.rand(args.batch, generator=generator).to(device) < args.prompt_dropout
+        ids = torch.where(dropped[:, None], empty_ids[None, :], ids)
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(num_timesteps, (args.batch,), generator=generator).to(device)
+        alpha_bar = alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
+        noisy = alpha_bar.sqrt() * latents + (1.0 - alpha_bar).sqrt() * noise  # DDPM add_noise
+
+        lr = learning_rate(args.lr, state.unet_step, clock.progress(state.unet_step),
+                           args.warmup_steps, args.decay_fraction)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast():
+            text = text_encoder(ids)[0]
+            prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
+        loss = F.mse_loss(prediction.float(), noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        ema.update(trained)
+        state.unet_step += 1
+        if _should_sync(state.unet_step):
+            window_loss += loss.item()
+            window_steps += 1
+        now = time.monotonic()
+        if now - last_log >= args.log_seconds:
+            log.event(stage="diffusion", step=state.unet_step, loss=window_loss / max(window_steps, 1),
+                      lr=lr, steps_per_s=_rate(state.unet_step, window_start, now, window_steps))
+            window_loss, window_steps, window_start, last_log = 0.0, 0, now, now
+        if now - last_checkpoint >= args.checkpoint_minutes * 60:
+            on_checkpoint()
+            last_checkpoint = now
+    unet.eval()
+    text_encoder.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.monotonic()
+    deadline = started + args.minutes * 60 - args.save_reserve_seconds
+    device = torch.device(args.device)
+    out = args.out.resolve()
+    checkpoint_dir = (args.checkpoint_dir or out.with_name(out.name + ".ckpt")).resolve()
+    log = RunLog((args.log or out.with_name(out.name + ".log.json")).resolve(), args)
+    grammar = json.loads(args.grammar.read_text())
+    torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    def autocast():
+        if device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    clips = load_clips(args.data)
+    log.event(stage="data", clips=len(clips), shape=list(clips.videos.shape))
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = components.write_tokenizer(Path(tmp), grammar)
+        tokenizer = components.load_tokenizer(Path(tmp))
+        input_ids = components.tokenize(tokenizer, clips.prompts).to(device)
+        empty_ids = components.tokenize(tokenizer, [EMPTY_PROMPT])[0].to(device)
+
+    resumed = load_checkpoint(args.resume.resolve()) if args.resume else None
+    if resumed is not None:
+        state = TrainingState(components.Architecture.from_dict(resumed["arch"]), resumed["stage"],
+                              resumed["vae_step"], resumed["unet_step"], resumed["scaling_factor"])
+    else:
+        state = TrainingState(components.Architecture(
+            vae_channels=args.vae_channels, vae_norm_groups=args.vae_norm_groups,
+            unet_channels=args.unet_channels, unet_layers_per_block=args.unet_layers_per_block,
+            unet_heads=args.unet_heads, unet_norm_groups=args.unet_norm_groups,
+            text_hidden=args.text_hidden, text_layers=args.text_layers, text_heads=args.text_heads))
+    arch = state.arch
+    vae = components.build_vae(arch).to(device)
+    text_encoder = components.build_text_encoder(arch, vocab).to(device)
+    unet = components.build_unet(arch, text_encoder.config.hidden_size).to(device)
+    modules = {"vae": vae, "text_encoder": text_encoder, "unet": unet}
+    vae_optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    diffusion_optimizer = torch.optim.AdamW(
+        list(unet.parameters()) + list(text_encoder.parameters()), lr=args.lr,
+        weight_decay=args.weight_decay, betas=(0.9, 0.99))
+    optimizers = {"vae": vae_optimizer, "diffusion": diffusion_optimizer}
+    ema = Ema({"unet": unet, "text_encoder": text_encoder}, args.ema_decay)
+    if resumed is not None:
+        for name, module in modules.items():
+            module.load_state_dict(resumed["modules"][name])
+        for name, optimizer in optimizers.items():
+            if name in resumed["optimizers"]:
+                optimizer.load_state_dict(resumed["optimizers"][name])
+        if resumed["ema"] is not None:
+            ema.load_state_dict(resumed["ema"], device)
+        torch.set_rng_state(resumed["torch_rng"])
+        if resumed["cuda_rng"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(resumed["cuda_rng"])
+        log.event(stage="resume", checkpoint=str(args.resume), at_stage=state.stage,
+                  vae_step=state.vae_step, unet_step=state.unet_step)
+    log.event(stage="model", **{f"{name}_parameters": components.parameter_count(m) for name, m in modules.items()})
+
+    def checkpoint() -> None:
+        save_checkpoint(checkpoint_dir, state, modules, optimizers, ema)
+        log.event(stage="checkpoint", path=str(checkpoint_dir), vae_step=state.vae_step,
+                  unet_step=state.unet_step)
+
+    videos = clips.videos
+    keep_on_device = args.data_on_device == "yes" or (
+        args.data_on_device == "auto" and device.type == "cuda"
+        and videos.numel() < 0.5 * torch.cuda.mem_get_info(device)[0])
+    if keep_on_device:
+        videos = videos.to(device)
+    elif device.type == "cuda":
+        videos = videos.pin_memory()
+
+    if state.stage == "vae":
+        vae_deadline = time.monotonic() + args.vae_fraction * max(deadline - time.monotonic(), 0.0)
+        clock = StageClock(time.monotonic(), vae_deadline, args.vae_steps, state.vae_step)
+        train_vae(args, state, vae, vae_optimizer, videos, device, clock, log, autocast, checkpoint)
+        state.scaling_factor = latent_scaling_factor(vae, videos, device, autocast)
+        state.stage = "diffusion"
+        log.event(stage="vae_done", step=state.vae_step, scaling_factor=state.scaling_factor)
+        checkpoint()
+    vae.register_to_config(scaling_factor=state.scaling_factor)
+
+    latent_mean, latent_std = encode_clips(vae, videos, state.scaling_factor, device, autocast)
+    del videos
+    log.event(stage="latents", shape=list(latent_mean.shape), mean=latent_mean.float().mean().item(),
+              std=latent_mean.float().std().item(), posterior_std=latent_std.float().mean().item())
+
+    clock = StageClock(time.monotonic(), deadline, args.unet_steps, state.unet_step)
+    train_diffusion(args, state, unet, text_encoder, diffusion_optimizer, ema, latent_mean, latent_std,
+                    input_ids, empty_ids, device, clock, log, autocast, checkpoint)
+    checkpoint()
+
+    ema.copy_to({"unet": unet, "text_encoder": text_encoder})
+    components.write_pipeline(out, grammar, vae, text_encoder, unet)
+    total = components.check_sizes(out)
+    log.event(stage="written", path=str(out), bytes=total,
+              files={str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*.safetensors"))})
+
+
+if __name__ == "__main__":
+    main()
