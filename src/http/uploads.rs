@@ -78,7 +78,14 @@ fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError 
 
 #[cfg(feature = "mp4")]
 fn probe(path: &std::path::Path) -> Result<Upload, ApiError> {
-    let info = crate::media::mp4::probe_mp4(path).map_err(|e| ApiError::new(ErrorCode::InvalidVideo, e.to_string()))?;
+    use crate::media::mp4::{validate_mp4, DecodeLimits};
+    use crate::media::MediaError;
+    // Decoding every frame (not only reading the container) catches truncated or damaged frame
+    // data at upload time instead of in a worker later.
+    let info = validate_mp4(path, &DecodeLimits::default()).map_err(|error| match error {
+        MediaError::Io { .. } => ApiError::internal(error),
+        other => ApiError::new(ErrorCode::InvalidVideo, other.to_string()),
+    })?;
     let number = |value: usize| u32::try_from(value).map_err(|_| ApiError::new(ErrorCode::InvalidVideo, "the video is too large"));
     Ok(Upload { id: String::new(), num_frames: number(info.num_frames)?, width: number(info.width)?, height: number(info.height)?, fps: info.fps })
 }

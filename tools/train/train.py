@@ -246,7 +246,7 @@ def train_vae(args, state: TrainingState, vae, optimizer, videos: torch.Tensor, 
     count, frames_per_clip = videos.shape[0], videos.shape[1]
     generator = torch.Generator(device="cpu").manual_seed(args.seed * 1000 + state.vae_step)
     vae.train()
-    window_loss, window_steps, window_start = 0.0, 0, time.monotonic()
+    window = ProgressWindow()
     last_log = last_checkpoint = time.monotonic()
     while not clock.done(state.vae_step):
         clip = torch.randint(count, (args.vae_batch,), generator=generator)
@@ -274,30 +274,42 @@ def train_vae(args, state: TrainingState, vae, optimizer, videos: torch.Tensor, 
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         state.vae_step += 1
-        if _should_sync(state.vae_step):
-            window_loss += loss.item()
-            window_steps += 1
+        window.add(state.vae_step, loss)
         now = time.monotonic()
         if now - last_log >= args.log_seconds:
-            log.event(stage="vae", step=state.vae_step, loss=window_loss / max(window_steps, 1),
-                      kl=kl.item(), lr=lr, steps_per_s=_rate(state.vae_step, window_start, now, window_steps))
-            window_loss, window_steps, window_start, last_log = 0.0, 0, now, now
+            log.event(stage="vae", step=state.vae_step, **window.report(loss), kl=kl.item(), lr=lr)
+            last_log = now
         if now - last_checkpoint >= args.checkpoint_minutes * 60:
             on_checkpoint()
             last_checkpoint = now
     vae.eval()
 
 
-_SYNC_EVERY = 10
+class ProgressWindow:
+    """Mean loss and step rate since the last report. The loss is read back to the host only every
+    few steps, since a read waits for the accelerator to finish its queued work."""
 
+    SYNC_EVERY = 10
 
-def _should_sync(step: int) -> bool:
-    """Read the loss back to the host only every few steps: a read waits for the accelerator."""
-    return step % _SYNC_EVERY == 0
+    def __init__(self):
+        self.reset()
 
+    def reset(self) -> None:
+        self.started = time.monotonic()
+        self.steps = 0
+        self.losses: list[float] = []
 
-def _rate(step: int, window_start: float, now: float, sampled_steps: int) -> float:
-    return sampled_steps * _SYNC_EVERY / max(now - window_start, 1e-6)
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.steps += 1
+        if step % self.SYNC_EVERY == 0:
+            self.losses.append(loss.item())
+
+    def report(self, last_loss: torch.Tensor) -> dict:
+        losses = self.losses or [last_loss.item()]
+        summary = {"loss": sum(losses) / len(losses),
+                   "steps_per_s": self.steps / max(time.monotonic() - self.started, 1e-6)}
+        self.reset()
+        return summary
 
 
 @torch.no_grad()
@@ -349,7 +361,7 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder, optimizer, e
     count = latent_mean.shape[0]
     unet.train()
     text_encoder.train()
-    window_loss, window_steps, window_start = 0.0, 0, time.monotonic()
+    window = ProgressWindow()
     last_log = last_checkpoint = time.monotonic()
     while not clock.done(state.unet_step):
         clip = torch.randint(count, (args.batch,), generator=generator).to(latent_mean.device)
@@ -379,14 +391,11 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder, optimizer, e
         optimizer.step()
         ema.update(trained)
         state.unet_step += 1
-        if _should_sync(state.unet_step):
-            window_loss += loss.item()
-            window_steps += 1
+        window.add(state.unet_step, loss)
         now = time.monotonic()
         if now - last_log >= args.log_seconds:
-            log.event(stage="diffusion", step=state.unet_step, loss=window_loss / max(window_steps, 1),
-                      lr=lr, steps_per_s=_rate(state.unet_step, window_start, now, window_steps))
-            window_loss, window_steps, window_start, last_log = 0.0, 0, now, now
+            log.event(stage="diffusion", step=state.unet_step, **window.report(loss), lr=lr)
+            last_log = now
         if now - last_checkpoint >= args.checkpoint_minutes * 60:
             on_checkpoint()
             last_checkpoint = now

@@ -59,7 +59,7 @@ pub fn bench_unet(unet: &UNet3DConditionModel, device: &Device, dtype: DType, op
     let step = StepInfo { index: 0, num_steps: 1, timestep: 500.0 };
     let roles = vec![BatchRole::MAIN_COND; opts.batch];
 
-    let mut time_runs = |observe: bool| -> Result<Timing> {
+    let time_runs = |observe: bool| -> Result<Timing> {
         let mut samples = Vec::with_capacity(opts.iterations);
         for i in 0..opts.warmup + opts.iterations {
             let mut recorder = StatsRecorder::new(RecordMode::Summary);
