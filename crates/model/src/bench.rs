@@ -59,30 +59,34 @@ pub fn bench_unet(unet: &UNet3DConditionModel, device: &Device, dtype: DType, op
     let step = StepInfo { index: 0, num_steps: 1, timestep: 500.0 };
     let roles = vec![BatchRole::MAIN_COND; opts.batch];
 
-    let time_runs = |observe: bool| -> Result<Timing> {
-        let mut samples = Vec::with_capacity(opts.iterations);
-        for i in 0..opts.warmup + opts.iterations {
-            let mut recorder = StatsRecorder::new(RecordMode::Summary);
-            let start = Instant::now();
-            {
-                let control: Option<&mut dyn crate::attention::AttentionControl> =
-                    if observe { Some(&mut recorder) } else { None };
-                let mut ctx = ForwardCtx::new(step, roles.clone(), control);
-                let out = unet.forward(&sample, &timesteps, &text, &mut ctx)?;
-                // Reading one value forces lazy devices to finish the pass.
-                out.flatten_all()?.get(0)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-            }
-            device.synchronize()?;
-            if i >= opts.warmup {
-                samples.push(start.elapsed().as_secs_f64() * 1e3);
-            }
+    // One timed pass; reading one value forces lazy devices to finish it.
+    let run_once = |observe: bool| -> Result<f64> {
+        let mut recorder = StatsRecorder::new(RecordMode::Summary);
+        let start = Instant::now();
+        {
+            let control: Option<&mut dyn crate::attention::AttentionControl> =
+                if observe { Some(&mut recorder) } else { None };
+            let mut ctx = ForwardCtx::new(step, roles.clone(), control);
+            let out = unet.forward(&sample, &timesteps, &text, &mut ctx)?;
+            out.flatten_all()?.get(0)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         }
-        samples.sort_by(|a, b| a.total_cmp(b));
-        Ok(Timing { median_ms: samples[samples.len() / 2], min_ms: samples[0], runs: samples.len() })
+        device.synchronize()?;
+        Ok(start.elapsed().as_secs_f64() * 1e3)
     };
 
-    let no_controller = time_runs(false)?;
-    let observe = if opts.observe { Some(time_runs(true)?) } else { None };
+    // Plain and observed passes alternate, so load from other processes hits both alike and the
+    // ratio stays meaningful on a noisy machine.
+    let (mut plain, mut observed) = (Vec::new(), Vec::new());
+    for i in 0..opts.warmup + opts.iterations {
+        let plain_ms = run_once(false)?;
+        let observed_ms = if opts.observe { Some(run_once(true)?) } else { None };
+        if i >= opts.warmup {
+            plain.push(plain_ms);
+            observed.extend(observed_ms);
+        }
+    }
+    let no_controller = summarise(plain);
+    let observe = opts.observe.then(|| summarise(observed));
     Ok(UnetBenchReport {
         device: format!("{device:?}"),
         dtype: format!("{dtype:?}"),
@@ -92,4 +96,9 @@ pub fn bench_unet(unet: &UNet3DConditionModel, device: &Device, dtype: DType, op
         no_controller,
         observe,
     })
+}
+
+fn summarise(mut samples: Vec<f64>) -> Timing {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    Timing { median_ms: samples[samples.len() / 2], min_ms: samples[0], runs: samples.len() }
 }
