@@ -11,6 +11,8 @@ OUT=${OUT:-./gpu-results}
 mkdir -p "$OUT" /tmp/entrovid-bin
 xz -dc .gpu/entrovid.xz >/tmp/entrovid-bin/entrovid && chmod +x /tmp/entrovid-bin/entrovid
 BIN=/tmp/entrovid-bin/entrovid
+# The binary links OpenSSL 3 (webhook client); use the carried copy where the machine lacks it.
+ldconfig -p | grep -q 'libssl.so.3 ' || export LD_LIBRARY_PATH=$PWD/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 
