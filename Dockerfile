@@ -9,6 +9,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY crates crates
 COPY src src
 COPY migrations migrations
+COPY world world
 COPY openapi.yaml ./
 RUN cargo build --release --bin entrovid
 
