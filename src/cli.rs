@@ -63,6 +63,8 @@ pub enum Command {
     /// Developer tools.
     #[command(subcommand)]
     Debug(DebugCommand),
+    /// Generate videos of the synthetic world and score them against their prompts.
+    Eval(EvalArgs),
     /// Benchmarks that print numbers (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -128,6 +130,30 @@ pub struct DebugUnetArgs {
     /// Weights and activations dtype: f32, f16 or bf16 (the output file is always f32).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("prompt_source").required(true).args(["prompts", "sample"])))]
+pub struct EvalArgs {
+    /// Model id (a folder under --models-dir) [default: the default model].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// One prompt of the world grammar per line.
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// Draw this many prompts from the held-out combinations (fixed sampling seed).
+    #[arg(long, value_name = "N")]
+    pub sample: Option<usize>,
+    /// Seeds 0..S for every prompt.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Where the JSON report goes.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
 use crate::app::{build_catalog, shutdown_signal, AppParts, Server, Storage, WorkerProcess};
-use crate::cli::{BenchCommand, BenchUnetArgs, Cli, Command, DebugCommand, DebugUnetArgs, GenerateArgs};
+use crate::cli::{BenchCommand, BenchUnetArgs, Cli, Command, DebugCommand, DebugUnetArgs, EvalArgs, GenerateArgs};
 use crate::config::Settings;
 use crate::jobs::validate::{validate_job_request, ValidationContext};
 use crate::worker::backend::{BackendProvider, RunProgress};
@@ -63,6 +63,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || generate(&args, provider, default_model.as_deref(), &device)).await?
         }
         Command::Debug(DebugCommand::Unet(args)) => tokio::task::spawn_blocking(move || debug_unet(&args)).await?,
+        Command::Eval(args) => {
+            let model_dir = settings.models.dir.join(resolve_model_id(&settings, args.model.as_deref())?);
+            tokio::task::spawn_blocking(move || evaluate_model(&args, model_dir)).await?
+        }
         Command::Bench(BenchCommand::Unet(args)) => tokio::task::spawn_blocking(move || bench_unet(&args)).await?,
     }
 }
@@ -164,5 +168,38 @@ fn bench_unet(args: &BenchUnetArgs) -> anyhow::Result<()> {
     };
     let report = bench_unet(&unet, &device, dtype, &options)?;
     println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// The model a command names, else the configured default, else the preferred default folder.
+fn resolve_model_id(settings: &Settings, named: Option<&str>) -> anyhow::Result<String> {
+    let id = named.or(settings.models.default.as_deref()).unwrap_or(crate::app::PREFERRED_DEFAULT_MODEL);
+    let dir = settings.models.dir.join(id);
+    if !dir.join("model_index.json").is_file() {
+        bail!("no model {id:?}: {} has no model_index.json", dir.display());
+    }
+    Ok(id.to_string())
+}
+
+/// `entrovid eval`: prints per-measure means with 95% intervals and writes the JSON report.
+fn evaluate_model(args: &EvalArgs, model_dir: std::path::PathBuf) -> anyhow::Result<()> {
+    use crate::eval::{run_eval, summary_lines, EvalPlan, PromptSource};
+    let prompts = match (&args.prompts, args.sample) {
+        (Some(path), _) => PromptSource::File(path.clone()),
+        (None, Some(count)) => PromptSource::HeldOutSample(count),
+        (None, None) => bail!("give --prompts FILE or --sample N"),
+    };
+    let plan = EvalPlan {
+        model_dir,
+        prompts,
+        seeds: args.seeds,
+        device: args.device.clone(),
+        dtype: args.dtype.clone(),
+        out: args.out.clone(),
+    };
+    let report = run_eval(&plan)?;
+    for line in summary_lines(&report) {
+        println!("{line}");
+    }
     Ok(())
 }

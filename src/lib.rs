@@ -22,6 +22,7 @@ pub mod artifacts;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod eval;
 pub mod http;
 pub mod jobs;
 pub mod media;

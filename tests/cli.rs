@@ -117,3 +117,45 @@ fn an_unknown_device_is_refused_by_name() {
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(stderr.contains("tpu:0"), "{stderr}");
 }
+
+#[test]
+fn eval_scores_generated_videos_against_their_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "# one prompt of the world grammar\na red circle moving right on a black background\n").unwrap();
+    let report_path = dir.path().join("report.json");
+    let result = entrovid()
+        .args(["--models-dir", concat!(env!("CARGO_MANIFEST_DIR"), "/models"), "eval", "--seeds", "1"])
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--out")
+        .arg(&report_path)
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(stdout.contains("adherence"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    assert_eq!(report["summary"]["videos"], 1);
+    let video = &report["videos"][0];
+    assert_eq!(video["prompt"], "a red circle moving right on a black background");
+    let adherence = video["scores"]["adherence"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&adherence), "{adherence}");
+}
+
+#[test]
+fn eval_refuses_prompts_outside_the_grammar() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "a lighthouse at dusk\n").unwrap();
+    let result = entrovid()
+        .args(["--models-dir", concat!(env!("CARGO_MANIFEST_DIR"), "/models"), "eval", "--seeds", "1"])
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--out")
+        .arg(dir.path().join("report.json"))
+        .output()
+        .unwrap();
+    assert!(!result.status.success());
+    assert!(String::from_utf8_lossy(&result.stderr).contains("prompts.txt"));
+}
