@@ -18,7 +18,9 @@ The scheduler is ModelScope's DDIM configuration, shared with the fixtures.
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,12 +181,7 @@ def build_inference_scheduler():
 
 def write_pipeline(folder: Path, grammar: dict, vae, text_encoder, unet) -> None:
     """Save a float16 TextToVideoSDPipeline folder plus entrovid.json and check its sizes."""
-    import copy
-    import shutil
-
     from diffusers import TextToVideoSDPipeline
-
-    sys.path.insert(0, str(FIXTURES_DIR))
     from make_fixtures import use_classic_text_encoder_keys
 
     staging = folder.with_name(folder.name + ".partial")
