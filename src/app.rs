@@ -24,7 +24,7 @@ use crate::worker::backend::BackendProvider;
 use crate::worker::{WorkerContext, WorkerControl, WorkerPool};
 
 /// The model id preferred as default when settings name none.
-pub const PREFERRED_DEFAULT_MODEL: &str = "entrovid-tiny-random";
+pub const PREFERRED_DEFAULT_MODEL: &str = "entrovid-world-tiny";
 
 /// What a process is built from besides its settings.
 pub struct AppParts {
@@ -41,7 +41,7 @@ impl AppParts {
 }
 
 /// The default model: the one settings name (which must exist), else one a provider marked,
-/// else `entrovid-tiny-random`, else the first.
+/// else `entrovid-world-tiny`, else the first.
 pub fn build_catalog(mut models: Vec<ModelDescriptor>, configured_default: Option<&str>) -> anyhow::Result<ModelCatalog> {
     let chosen = match configured_default {
         Some(id) => Some(

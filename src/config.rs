@@ -86,7 +86,7 @@ pub struct ModelSettings {
     /// Folder of model folders (diffusers pipeline layout), one per model id.
     pub dir: PathBuf,
     /// Model id used when a request names none; default: the folder marked default, else
-    /// `entrovid-tiny-random`, else the only/first model.
+    /// `entrovid-world-tiny`, else the only/first model.
     pub default: Option<String>,
     /// Serve the built-in synthetic model (moving-square frames, made-up statistics, this many
     /// milliseconds per step) instead of the model folders: for smoke tests of a deployment and
