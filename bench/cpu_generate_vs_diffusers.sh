@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Default generate on the CPU, entrovid vs diffusers + PyTorch on the same weights, side by side:
+# 16 frames, 64x64, 25 DDIM steps, guidance 7.5, f32, 2 threads each, warm runs (one warm-up each).
+#   bench/cpu_generate_vs_diffusers.sh [MODEL_DIR=models/entrovid-world-tiny] [RUNS=3]
+# PYTHON must have torch and diffusers 0.42.1 (e.g. /opt/fixtures-venv/bin/python).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=${1:-models/entrovid-world-tiny}; runs=${2:-3}
+PYTHON=${PYTHON:-/opt/fixtures-venv/bin/python}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/entrovid-target}
+# The dev profile optimises every dependency and the model crate (Cargo.toml), so the compute is the
+# same as a release build's; PROFILE=release measures a release binary instead.
+profile=${PROFILE:-debug}
+if [ "$profile" = release ]; then cargo build -q --release --bin entrovid; else cargo build -q --bin entrovid; fi
+bin="$CARGO_TARGET_DIR/$profile/entrovid"
+out=$(mktemp -d); trap 'rm -rf "$out"' EXIT
+prompt="a red circle moving right on a black background"
+entrovid_once() {
+  local start end
+  start=$(date +%s.%N)
+  RAYON_NUM_THREADS=2 ENTROVID_LOG=warn "$bin" --models-dir "$(dirname "$model")" generate \
+    --model "$(basename "$model")" --prompt "$prompt" --seed 1 --output "$out/v.mp4" >/dev/null 2>&1
+  end=$(date +%s.%N); echo "$end - $start" | bc
+}
+entrovid_once >/dev/null   # warm-up (page cache)
+for i in $(seq "$runs"); do echo "entrovid generate (whole process, incl. load and MP4): $(entrovid_once) s"; done
+"$PYTHON" - "$model" "$runs" <<'PY'
+import sys, time, torch
+from diffusers import TextToVideoSDPipeline
+torch.set_num_threads(2)
+model, runs = sys.argv[1], int(sys.argv[2])
+pipe = TextToVideoSDPipeline.from_pretrained(model, torch_dtype=torch.float32)
+pipe.set_progress_bar_config(disable=True)
+def once():
+    g = torch.Generator().manual_seed(1)
+    t = time.perf_counter()
+    pipe("a red circle moving right on a black background", num_frames=16, height=64, width=64,
+         num_inference_steps=25, guidance_scale=7.5, generator=g, output_type="np")
+    return time.perf_counter() - t
+once()
+for _ in range(runs):
+    print(f"diffusers pipeline call (model already loaded): {once():.3f} s")
+PY
