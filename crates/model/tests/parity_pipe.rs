@@ -5,15 +5,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use entrovid_model::clip::ClipTextModel;
 use entrovid_model::scheduler::DdimScheduler;
 use entrovid_model::tokenizer::ClipTokenizer;
 use entrovid_model::vae::AutoencoderKl;
 use serde::Deserialize;
 
-mod test_device;
-use test_device::test_device;
+mod support;
+use support::{assert_close, test_device};
 
 /// Pipeline fixture folders (those with a `model_index.json`).
 fn fixture_dirs() -> Vec<PathBuf> {
@@ -42,38 +42,6 @@ fn tensor<'a>(tensors: &'a HashMap<String, Tensor>, key: &str) -> &'a Tensor {
     tensors
         .get(key)
         .unwrap_or_else(|| panic!("reference tensor {key} missing"))
-}
-
-/// max|out − ref| ≤ rel · max(1, max|ref|).
-fn assert_close(what: &str, out: &Tensor, reference: &Tensor, rel: f64) {
-    assert_eq!(out.dims(), reference.dims(), "{what}: shape");
-    let on_cpu = |t: &Tensor| {
-        t.to_device(&Device::Cpu)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-    };
-    let (out, reference) = (on_cpu(out), on_cpu(reference));
-    let diff: f64 = (&out - &reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let scale: f64 = reference
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let bound = rel * scale.max(1.0);
-    assert!(
-        diff <= bound,
-        "{what}: max abs diff {diff:e} > {bound:e} (max |ref| {scale})"
-    );
 }
 
 fn scalar_timestep(tensors: &HashMap<String, Tensor>, key: &str) -> usize {

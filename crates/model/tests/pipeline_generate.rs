@@ -10,8 +10,8 @@ use entrovid_model::error::ModelError;
 use entrovid_model::noise::seeded_normal;
 use entrovid_model::pipeline::{GenerateParams, Progress, Stage, TextToVideoPipeline, Video};
 
-mod test_device;
-use test_device::test_device;
+mod support;
+use support::{max_abs_diff, test_device};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_a")
@@ -173,14 +173,7 @@ fn video_encodes_to_scaled_posterior_means_and_inverts() {
         .mean;
     let scaled = (mean * pipeline.vae().config().scaling_factor).unwrap();
     let from_video = latents.narrow(2, 1, 1).unwrap().squeeze(2).unwrap();
-    let diff: f32 = (scaled - from_video)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff = max_abs_diff(&scaled, &from_video);
     assert!(diff < 1e-5, "{diff}");
 
     let mut stages = Vec::new();
@@ -192,14 +185,7 @@ fn video_encodes_to_scaled_posterior_means_and_inverts() {
         .unwrap();
     assert_eq!(noisy.dims(), latents.dims());
     assert_eq!(stages, vec![Stage::Inverting; 3]);
-    let moved: f32 = (noisy - &latents)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let moved = max_abs_diff(&noisy, &latents);
     assert!(moved > 0.0);
 }
 

@@ -13,6 +13,9 @@ use entrovid_model::debug::{run_debug_unet, DebugUnet};
 use entrovid_model::unet3d::UNet3DConditionModel;
 use serde_json::Value;
 
+mod support;
+use support::{assert_close, max_abs, max_abs_diff};
+
 const FIXTURES: [&str; 2] = ["tiny_a", "tiny_b"];
 /// identity_temporal, uniform_spatial, mix_uniform_cross, temperature_then_identity (README).
 const PLANS_PER_FIXTURE: usize = 4;
@@ -33,28 +36,6 @@ fn load_tensors(path: &Path) -> HashMap<String, Tensor> {
 
 fn read_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// max|out − ref| ≤ 1e-4 · max(1, max|ref|).
-fn assert_close(out: &Tensor, reference: &Tensor, what: &str) {
-    assert_eq!(out.dims(), reference.dims(), "{what}: shape");
-    let max_ref = reference
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let max_diff = (out - reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let bound = 1e-4 * max_ref.max(1.0);
-    assert!(max_diff <= bound, "{what}: max diff {max_diff} > {bound}");
 }
 
 /// Entropies within 1e-4 absolute, energies within 1e-3 relative, one record per reference site.
@@ -150,7 +131,7 @@ fn check_plain_run(dir: &Path) {
     let unet = load_unet(dir);
     let case = case(dir);
     let plain = forward(&unet, &case, None);
-    assert_close(&plain, &case.out_sample, &what);
+    assert_close(&what, &plain, &case.out_sample, 1e-4);
 
     let mut recorder = StatsRecorder::new(RecordMode::Summary);
     let observed = forward(&unet, &case, Some(&mut recorder));
@@ -207,7 +188,7 @@ fn check_plans(dir: &Path) -> usize {
         let mut controller = PlanController::new(plan).unwrap();
         let out = forward(&unet, &case, Some(&mut controller));
         let reference = load_tensors(&dir.join(format!("ref/unet_plan_{plan_name}.safetensors")));
-        assert_close(&out, &reference["out_sample"], &what);
+        assert_close(&what, &out, &reference["out_sample"], 1e-4);
         let stats = read_json(&dir.join(format!("ref/unet_plan_{plan_name}_stats.json")));
         assert_stats_match(&controller.into_records(), &stats, &what);
         checked += 1;
@@ -274,7 +255,7 @@ fn debug_tool_writes_prediction_and_statistics() {
     let written = load_tensors(&out);
     let reference =
         load_tensors(&fixture(name).join("ref/unet_plan_mix_uniform_cross.safetensors"));
-    assert_close(&written["sample"], &reference["out_sample"], "debug tool");
+    assert_close("debug tool", &written["sample"], &reference["out_sample"], 1e-4);
     let written_stats = read_json(&stats);
     let reference_stats =
         read_json(&fixture(name).join("ref/unet_plan_mix_uniform_cross_stats.json"));
@@ -356,20 +337,7 @@ fn debug_tool_runs_in_half_precision() {
     let written = load_tensors(&out);
     assert_eq!(written["sample"].dtype(), DType::F32);
     let reference = &load_tensors(&inputs)["out_sample"];
-    let max_ref = reference
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let diff = (&written["sample"] - reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let max_ref = max_abs(reference);
+    let diff = max_abs_diff(&written["sample"], reference);
     assert!(diff <= 3e-2 * max_ref.max(1.0), "f16 run differs by {diff}");
 }

@@ -9,6 +9,9 @@ use entrovid_model::attention::{
 };
 use entrovid_model::unet3d::{UNet3DConditionModel, UNet3DConfig};
 
+mod support;
+use support::{max_abs, max_abs_diff};
+
 fn tiny_config() -> UNet3DConfig {
     serde_json::from_value(serde_json::json!({
         "block_out_channels": [32, 64],
@@ -266,16 +269,7 @@ fn operators_change_the_output_and_the_recorded_maps() {
     let mut controller = PlanController::new(plan).unwrap();
     let changed = run(&unet, &inputs, Some(&mut controller));
     // The unconditional row (batch 0) is untouched, the conditional row (batch 1) changes.
-    let diff = |b: usize| {
-        (plain.get(b).unwrap() - changed.get(b).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
+    let diff = |b: usize| max_abs_diff(&plain.get(b).unwrap(), &changed.get(b).unwrap());
     assert_eq!(diff(0), 0.0);
     assert!(diff(1) > 1e-4);
     // The first site sees the same input in both runs; half its rows became uniform, the map of
@@ -307,14 +301,7 @@ fn one_timestep_is_broadcast_over_the_batch() {
     let per_row = run(&unet, &batch, None);
     batch.timesteps = Tensor::new(500f32, &Device::Cpu).unwrap();
     let scalar = run(&unet, &batch, None);
-    let diff = (per_row - scalar)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&per_row, &scalar);
     assert_eq!(diff, 0.0);
 }
 
@@ -405,21 +392,8 @@ fn half_precision_runs_close_to_f32_and_records_statistics() {
             .unwrap()
     };
     assert_eq!(half.dtype(), DType::F16);
-    let diff = (half.to_dtype(DType::F32).unwrap() - &reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = reference
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&half, &reference);
+    let scale = max_abs(&reference);
     assert!(
         diff <= 2e-2 * scale.max(1.0),
         "f16 differs from f32 by {diff}"
@@ -447,13 +421,6 @@ fn strided_text_states_give_the_same_result() {
         .unwrap();
     assert!(!batch.text.is_contiguous());
     let strided = run(&unet, &batch, None);
-    let diff = (contiguous - strided)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&contiguous, &strided);
     assert_eq!(diff, 0.0);
 }
