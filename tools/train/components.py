@@ -48,19 +48,9 @@ MODELSCOPE_SCHEDULER = {
     "prediction_type": "epsilon",
 }
 
-# Read by crates/model/src/model_info.rs.
-MODEL_INFO = {
-    "size_multiple": 8,
-    "default_num_frames": 16,
-    "num_frames": [8, 16],
-    "default_width": 64,
-    "width": [64, 64],
-    "default_height": 64,
-    "height": [64, 64],
-    "default_num_inference_steps": 25,
-    "default_guidance_scale": 7.5,
-    "default_fps": 8,
-}
+# entrovid.json: the same limits and defaults as every shipped model (read by
+# crates/model/src/model_info.rs).
+from default_model import MODEL_INFO  # noqa: E402
 
 
 @dataclass
