@@ -82,8 +82,12 @@ def parse_args() -> argparse.Namespace:
                    help="extra loss weight of pixels that differ from the frame's background")
     # diffusion stage
     p.add_argument("--unet-steps", type=int, help="end the diffusion stage after this many steps")
-    p.add_argument("--batch", type=int, default=256, help="clips per diffusion step")
-    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--batch", type=int, default=512, help="clips per diffusion step")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--object-loss-weight", type=float, default=4.0,
+                   help="extra weight of the epsilon loss on latent positions the object passes over")
+    p.add_argument("--high-noise-fraction", type=float, default=0.3,
+                   help="share of timesteps drawn from the noisier half (where layout and motion form)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--prompt-dropout", type=float, default=0.1)
     p.add_argument("--short-clip-fraction", type=float, default=0.25,
@@ -148,9 +152,14 @@ class StageClock:
         return min((time.monotonic() - self.started_at) / span, 1.0)
 
     def done(self, step: int) -> bool:
-        if self.max_steps is not None:
-            return step >= self.max_steps
+        """A step count ends the stage, but the run's deadline always stops it (the log then says
+        `cut_short`: such a run is not a repeat of its command)."""
+        if self.max_steps is not None and step >= self.max_steps:
+            return True
         return time.monotonic() >= self.deadline
+
+    def cut_short(self, step: int) -> bool:
+        return self.max_steps is not None and step < self.max_steps
 
 
 def learning_rate(base: float, step: int, progress: float, warmup: int, decay_fraction: float) -> float:
@@ -327,18 +336,36 @@ def latent_scaling_factor(vae, videos: torch.Tensor, device, autocast, sample_fr
 
 @torch.no_grad()
 def encode_clips(vae, videos: torch.Tensor, scaling_factor: float, device, autocast,
-                 clips_per_batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every clip, scaled, as float16 [N, 4, F, h, w] (the UNet's layout)."""
-    means, stds = [], []
+                 clips_per_batch: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every clip, scaled, as float16 [N, 4, F, h, w] (the UNet's layout),
+    and each clip's object path at latent resolution, bool [N, 1, 1, h, w]: the latent positions
+    whose pixels the object covers in any frame."""
+    means, stds, paths = [], [], []
     for start in range(0, videos.shape[0], clips_per_batch):
         clips = videos[start:start + clips_per_batch].to(device)
         count, frames = clips.shape[:2]
+        pixels = to_model_range(clips.flatten(0, 1))
         with autocast():
-            posterior = vae.encode(to_model_range(clips.flatten(0, 1))).latent_dist
+            posterior = vae.encode(pixels).latent_dist
         for values, out in ((posterior.mean, means), (posterior.std, stds)):
             values = values.float() * scaling_factor
             out.append(values.unflatten(0, (count, frames)).transpose(1, 2).half())
-    return torch.cat(means), torch.cat(stds)
+        object_pixels = object_weights(pixels, 1.0) - 1.0  # 1 where a pixel differs from the background
+        downsample = pixels.shape[-1] // posterior.mean.shape[-1]
+        covered = F.max_pool2d(object_pixels, downsample).unflatten(0, (count, frames))
+        paths.append(covered.amax(dim=1, keepdim=True).transpose(1, 2).bool())
+    return torch.cat(means), torch.cat(stds), torch.cat(paths)
+
+
+def sample_timesteps(count: int, num_timesteps: int, high_noise_fraction: float,
+                     generator: torch.Generator) -> torch.Tensor:
+    """Uniform timesteps, except that a share of them is drawn from the noisier half only: the
+    object's placement and its motion are decided there, and uniform sampling spends most of the
+    budget on the low-noise steps that only refine edges."""
+    uniform = torch.randint(num_timesteps, (count,), generator=generator)
+    noisy = torch.randint(num_timesteps // 2, num_timesteps, (count,), generator=generator)
+    pick_noisy = torch.rand(count, generator=generator) < high_noise_fraction
+    return torch.where(pick_noisy, noisy, uniform)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,7 +384,8 @@ def attention_backends(device):
 
 
 def train_diffusion(args, state: TrainingState, unet, text_encoder, optimizer, ema: Ema,
-                    latent_mean: torch.Tensor, latent_std: torch.Tensor, input_ids: torch.Tensor,
+                    latent_mean: torch.Tensor, latent_std: torch.Tensor, object_paths: torch.Tensor,
+                    input_ids: torch.Tensor,
                     empty_ids: torch.Tensor, device, clock: StageClock, log: RunLog, autocast,
                     on_checkpoint) -> None:
     noise_scheduler = components.build_training_scheduler()
@@ -380,7 +408,8 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder, optimizer, e
             dropped = torch.rand(args.batch, generator=generator).to(device) < args.prompt_dropout
             ids = torch.where(dropped[:, None], empty_ids[None, :], input_ids[clip])
             noise = torch.randn_like(latents)
-            timesteps = torch.randint(num_timesteps, (args.batch,), generator=generator).to(device)
+            timesteps = sample_timesteps(args.batch, num_timesteps, args.high_noise_fraction,
+                                         generator).to(device)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
 
             lr = learning_rate(args.lr, state.unet_step, clock.progress(state.unet_step),
@@ -390,7 +419,11 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder, optimizer, e
             with autocast():
                 text = text_encoder(ids)[0]
                 prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
-            loss = F.mse_loss(prediction.float(), noise)
+            # The object covers a few of the 64 latent positions of a frame; without extra weight the
+            # loss is dominated by the flat background and motion is learnt last.
+            weights = 1.0 + args.object_loss_weight * object_paths[clip].float()
+            squared_error = (prediction.float() - noise).square()
+            loss = (weights * squared_error).mean() / weights.expand_as(squared_error).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -457,7 +490,7 @@ def main() -> None:
     vae_optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     diffusion_optimizer = torch.optim.AdamW(
         list(unet.parameters()) + list(text_encoder.parameters()), lr=args.lr,
-        weight_decay=args.weight_decay, betas=(0.9, 0.99))
+        weight_decay=args.weight_decay, betas=(0.9, 0.99), fused=device.type == "cuda")
     optimizers = {"vae": vae_optimizer, "diffusion": diffusion_optimizer}
     ema = Ema({"unet": unet, "text_encoder": text_encoder}, args.ema_decay)
     if resumed is not None:
@@ -490,23 +523,29 @@ def main() -> None:
         videos = videos.pin_memory()
 
     if state.stage == "vae":
-        vae_deadline = time.monotonic() + args.vae_fraction * max(deadline - time.monotonic(), 0.0)
+        vae_deadline = deadline if args.vae_steps is not None else (
+            time.monotonic() + args.vae_fraction * max(deadline - time.monotonic(), 0.0))
         clock = StageClock(time.monotonic(), vae_deadline, args.vae_steps, state.vae_step)
         train_vae(args, state, vae, vae_optimizer, videos, device, clock, log, autocast, checkpoint)
+        if clock.cut_short(state.vae_step):
+            log.event(stage="vae", cut_short=True, step=state.vae_step, planned=args.vae_steps)
         state.scaling_factor = latent_scaling_factor(vae, videos, device, autocast)
         state.stage = "diffusion"
         log.event(stage="vae_done", step=state.vae_step, scaling_factor=state.scaling_factor)
         checkpoint()
     vae.register_to_config(scaling_factor=state.scaling_factor)
 
-    latent_mean, latent_std = encode_clips(vae, videos, state.scaling_factor, device, autocast)
+    latent_mean, latent_std, object_paths = encode_clips(vae, videos, state.scaling_factor, device, autocast)
     del videos
     log.event(stage="latents", shape=list(latent_mean.shape), mean=latent_mean.float().mean().item(),
-              std=latent_mean.float().std().item(), posterior_std=latent_std.float().mean().item())
+              std=latent_mean.float().std().item(), posterior_std=latent_std.float().mean().item(),
+              object_share=object_paths.float().mean().item())
 
     clock = StageClock(time.monotonic(), deadline, args.unet_steps, state.unet_step)
     train_diffusion(args, state, unet, text_encoder, diffusion_optimizer, ema, latent_mean, latent_std,
-                    input_ids, empty_ids, device, clock, log, autocast, checkpoint)
+                    object_paths, input_ids, empty_ids, device, clock, log, autocast, checkpoint)
+    if clock.cut_short(state.unet_step):
+        log.event(stage="diffusion", cut_short=True, step=state.unet_step, planned=args.unet_steps)
     checkpoint()
 
     ema.copy_to({"unet": unet, "text_encoder": text_encoder})
