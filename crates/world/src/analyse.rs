@@ -6,11 +6,7 @@
 //! covers most of the frame. The background of a frame is its per-channel median; pixels far
 //! from it belong to the object; the object's colour is the median of those pixels; and every
 //! pixel's object coverage (alpha) is its position on the line from the background colour to
-//! the object colour, which recovers the anti-aliased edges. The world draws a fading trail
-//! behind a moving object (`motion_trail`); coverage up to the trail's strongest opacity is
-//! taken as trail, so the object is measured without it: the object's colour comes from its
-//! core pixels (well above the trail's contrast) and coverage is rescaled from
-//! [trail opacity, 1] to [0, 1].
+//! the object colour, which recovers the anti-aliased edges.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,10 +14,6 @@ use crate::error::Result;
 use crate::geometry::{coverage_map, Shape};
 use crate::grammar::Grammar;
 use crate::video::Video;
-
-/// Pixels whose distance from the background exceeds (trail opacity + this) times the frame's
-/// largest distance form the object's core, which gives its colour.
-const CORE_MARGIN: f64 = 0.25;
 
 /// Alpha values strictly between these count as edge (transition) pixels.
 const EDGE_ALPHA: (f64, f64) = (0.1, 0.9);
@@ -106,28 +98,11 @@ pub fn analyse(grammar: &Grammar, video: &Video) -> Result<Observation> {
     if (object_pixel_count as f64) < params.min_object_pixels {
         return Ok(observation(None));
     }
-    let trail_alpha = grammar.motion_trail.max_alpha();
-    let core_masks: Vec<Vec<bool>> = video
-        .frames()
-        .iter()
-        .zip(&frame_backgrounds)
-        .zip(&foreground_masks)
-        .map(|((frame, bg), foreground)| {
-            let distances: Vec<f64> = pixels(frame).map(|p| distance(p, *bg)).collect();
-            let largest = distances.iter().copied().fold(0.0, f64::max);
-            let core_threshold = (trail_alpha + CORE_MARGIN) * largest;
-            distances
-                .iter()
-                .zip(foreground)
-                .map(|(&d, &f)| f && d >= core_threshold)
-                .collect()
-        })
-        .collect();
     let object_colour = {
         let all_pixels: Vec<[f64; 3]> = video
             .frames()
             .iter()
-            .zip(&core_masks)
+            .zip(&foreground_masks)
             .flat_map(|(frame, mask)| pixels(frame).zip(mask).filter(|(_, &m)| m).map(|(p, _)| p))
             .collect();
         median_colour(&all_pixels)
@@ -135,23 +110,21 @@ pub fn analyse(grammar: &Grammar, video: &Video) -> Result<Observation> {
 
     let mut frame_colours = Vec::new();
     let mut tracked = Vec::new();
-    for (index, (((frame, bg), mask), core)) in video
+    for (index, ((frame, bg), mask)) in video
         .frames()
         .iter()
         .zip(&frame_backgrounds)
         .zip(&foreground_masks)
-        .zip(&core_masks)
         .enumerate()
     {
-        let Some(alpha) = alpha_map(frame, *bg, object_colour, mask, trail_alpha, width, height)
-        else {
+        let Some(alpha) = alpha_map(frame, *bg, object_colour, mask, width, height) else {
             continue;
         };
         let area: f64 = alpha.iter().sum();
         if area < params.min_object_pixels {
             continue;
         }
-        frame_colours.push(channel_medians(frame, |i| core[i]));
+        frame_colours.push(channel_medians(frame, |i| mask[i]));
         tracked.push(measure_frame(index, &alpha, area, width, height));
     }
     if tracked.is_empty() {
@@ -275,15 +248,13 @@ fn measure_frame(
 }
 
 /// Object coverage of each pixel: the projection of its colour onto the background→object
-/// line, with projections up to `trail_alpha` counted as trail and the rest rescaled to [0, 1].
-/// Only pixels within one pixel of a foreground pixel may be covered, so faint noise far from
-/// the object does not count as object. `None` when the object colour equals the background.
+/// line. Only pixels within one pixel of a foreground pixel may be covered, so faint noise far
+/// from the object does not count as object. `None` when the object colour equals the background.
 fn alpha_map(
     frame: &[u8],
     background: [f64; 3],
     object: [f64; 3],
     foreground: &[bool],
-    trail_alpha: f64,
     width: usize,
     height: usize,
 ) -> Option<Vec<f64>> {
@@ -305,7 +276,7 @@ fn alpha_map(
                     return 0.0;
                 }
                 let projection: f64 = (0..3).map(|c| (p[c] - background[c]) * axis[c]).sum();
-                ((projection / axis_length_sq - trail_alpha) / (1.0 - trail_alpha)).clamp(0.0, 1.0)
+                (projection / axis_length_sq).clamp(0.0, 1.0)
             })
             .collect(),
     )

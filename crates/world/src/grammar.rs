@@ -58,26 +58,6 @@ pub struct EvaluationParams {
     pub area_jitter_scale: f64,
 }
 
-/// A fading trail of ghost copies behind the moving object, like motion blur: it makes the
-/// direction (and, through the spacing, the speed) visible in every single frame, not only across
-/// frames. Ghost k (1-based) is drawn `k · (spacing_px + spacing_per_speed · speed)` pixels behind
-/// the object's centre, speed in pixels per frame, with opacity `alphas[k-1]`; where ghosts overlap
-/// the strongest counts. No ghosts (an empty `alphas`) renders bare objects.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MotionTrail {
-    pub alphas: Vec<f64>,
-    pub spacing_px: f64,
-    pub spacing_per_speed: f64,
-}
-
-impl MotionTrail {
-    /// The strongest ghost opacity: object coverage below it may be trail.
-    pub fn max_alpha(&self) -> f64 {
-        self.alphas.iter().copied().fold(0.0, f64::max)
-    }
-}
-
 /// One element of the prompt template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TemplatePart {
@@ -148,7 +128,6 @@ struct GrammarFile {
     speeds: BTreeMap<String, [f64; 2]>,
     unspeeded_range: [f64; 2],
     edge_margin_px: f64,
-    motion_trail: MotionTrail,
     held_out: HeldOutRule,
     evaluation: EvaluationParams,
 }
@@ -176,7 +155,6 @@ pub struct Grammar {
     pub unspeeded_range: [f64; 2],
     /// Gap kept between the object and the frame edge, in pixels.
     pub edge_margin_px: f64,
-    pub motion_trail: MotionTrail,
     pub held_out: HeldOutRule,
     pub evaluation: EvaluationParams,
 }
@@ -269,16 +247,6 @@ impl Grammar {
         if !(file.edge_margin_px >= 0.0 && file.edge_margin_px.is_finite()) {
             return bad("edge_margin_px must be a non-negative number".into());
         }
-        let trail = &file.motion_trail;
-        if trail.alphas.iter().any(|a| !(*a > 0.0 && *a < 0.5))
-            || !(trail.spacing_px >= 0.0 && trail.spacing_px.is_finite())
-            || !(trail.spacing_per_speed >= 0.0 && trail.spacing_per_speed.is_finite())
-        {
-            return bad(
-                "motion_trail: alphas must lie in (0, 0.5) and spacings be non-negative numbers"
-                    .into(),
-            );
-        }
         if !(file.held_out.fraction > 0.0 && file.held_out.fraction < 1.0) {
             return bad("held_out.fraction must lie strictly between 0 and 1".into());
         }
@@ -321,7 +289,6 @@ impl Grammar {
             speeds: file.speeds,
             unspeeded_range: file.unspeeded_range,
             edge_margin_px: file.edge_margin_px,
-            motion_trail: file.motion_trail,
             held_out: file.held_out,
             evaluation: file.evaluation,
         })

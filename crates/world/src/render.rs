@@ -1,6 +1,5 @@
 //! The renderer: a prompt and a seed fix a [`Scene`] (size, start, speed), which is drawn as a
-//! constant-velocity object with anti-aliased edges over a flat background, trailed by fading ghost
-//! copies along its path (the grammar's `motion_trail`).
+//! constant-velocity object with anti-aliased edges over a flat background.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,18 +22,9 @@ pub struct Scene {
     pub start: [f64; 2],
     /// Pixels per frame.
     pub velocity: [f64; 2],
-    /// The trail's ghosts, nearest first.
-    pub trail: Vec<Ghost>,
     pub frames: usize,
     pub width: usize,
     pub height: usize,
-}
-
-/// One ghost copy of the object, `distance_px` behind its centre along the motion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ghost {
-    pub distance_px: f64,
-    pub alpha: f64,
 }
 
 impl Scene {
@@ -86,26 +76,13 @@ impl Scene {
                 random.between([low[axis] + (-shift).max(0.0), high[axis] - shift.max(0.0)]);
         }
         let steps = (frames - 1) as f64;
-        let speed_px = travel / steps;
-        let spacing = grammar.motion_trail.spacing_px + grammar.motion_trail.spacing_per_speed * speed_px;
-        let trail = grammar
-            .motion_trail
-            .alphas
-            .iter()
-            .enumerate()
-            .map(|(k, &alpha)| Ghost {
-                distance_px: (k + 1) as f64 * spacing,
-                alpha,
-            })
-            .collect();
         Ok(Self {
             shape: meaning.shape,
             colour: meaning.colour,
             background: meaning.background,
             radius_px,
             start,
-            velocity: [direction[0] * speed_px, direction[1] * speed_px],
-            trail,
+            velocity: [direction[0] * travel / steps, direction[1] * travel / steps],
             frames,
             width,
             height,
@@ -129,34 +106,11 @@ impl Scene {
         Video::new(frames, self.width, self.height)
     }
 
-    /// Object opacity of each pixel: the object's coverage over the strongest ghost's.
-    fn opacity_map(&self, index: usize) -> Vec<f64> {
-        let [cx, cy] = self.centre(index);
-        let mut opacity = coverage_map(self.shape, self.radius_px, cx, cy, self.width, self.height);
-        let speed = self.velocity[0].hypot(self.velocity[1]);
-        if speed == 0.0 || self.trail.is_empty() {
-            return opacity;
-        }
-        let back = [-self.velocity[0] / speed, -self.velocity[1] / speed];
-        let mut trail = vec![0.0f64; opacity.len()];
-        for ghost in &self.trail {
-            let (gx, gy) = (cx + back[0] * ghost.distance_px, cy + back[1] * ghost.distance_px);
-            let ghost_coverage =
-                coverage_map(self.shape, self.radius_px, gx, gy, self.width, self.height);
-            for (t, c) in trail.iter_mut().zip(ghost_coverage) {
-                *t = t.max(ghost.alpha * c);
-            }
-        }
-        for (o, t) in opacity.iter_mut().zip(trail) {
-            *o += (1.0 - *o) * t;
-        }
-        opacity
-    }
-
     fn render_frame(&self, index: usize) -> Vec<u8> {
-        let opacity = self.opacity_map(index);
-        let mut frame = Vec::with_capacity(opacity.len() * 3);
-        for alpha in opacity {
+        let [cx, cy] = self.centre(index);
+        let coverage = coverage_map(self.shape, self.radius_px, cx, cy, self.width, self.height);
+        let mut frame = Vec::with_capacity(coverage.len() * 3);
+        for alpha in coverage {
             for channel in 0..3 {
                 let background = f64::from(self.background[channel]);
                 let object = f64::from(self.colour[channel]);
