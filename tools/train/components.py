@@ -58,16 +58,15 @@ class Architecture:
     """Every size the command line can change; stored in checkpoints so that resuming rebuilds the
     same modules."""
 
-    # Three VAE levels: 64x64 frames -> 16x16 latents. With 8x8 latents (four levels) a 64x64 object
-    # covers one to three latent positions and a whole clip's motion a few of them; the model then
-    # learnt colour and shape but ignored the motion words (held-out motion 0.22, see README.md).
-    vae_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    # Four VAE levels: 64x64 frames -> 8x8 latents. (Three levels, 16x16 latents, with a UNet of
+    # 16/32/64 channels was tried: 2.6x slower per training step on an H200 and 2.4x slower per CPU
+    # step in diffusers, and no better at motion after 17 minutes (1087 steps); tools/train/README.md.)
+    vae_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
     vae_norm_groups: int = 16
-    # Half the channels of the 8x8 design at four times the positions: the same CPU cost per step.
-    unet_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     unet_layers_per_block: int = 1
     unet_heads: int = 4
-    unet_norm_groups: int = 8
+    unet_norm_groups: int = 16
     text_hidden: int = 128
     text_layers: int = 4
     text_heads: int = 4

@@ -82,11 +82,12 @@ def parse_args() -> argparse.Namespace:
                    help="extra loss weight of pixels that differ from the frame's background")
     # diffusion stage
     p.add_argument("--unet-steps", type=int, help="end the diffusion stage after this many steps")
-    p.add_argument("--batch", type=int, default=512, help="clips per diffusion step")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--object-loss-weight", type=float, default=4.0,
-                   help="extra weight of the epsilon loss on latent positions the object passes over")
-    p.add_argument("--high-noise-fraction", type=float, default=0.3,
+    p.add_argument("--batch", type=int, default=256, help="clips per diffusion step")
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--object-loss-weight", type=float, default=0.0,
+                   help="extra weight of the epsilon loss on latent positions the object passes over "
+                        "(4 was tried: no better at motion, tools/train/README.md)")
+    p.add_argument("--high-noise-fraction", type=float, default=0.0,
                    help="share of timesteps drawn from the noisier half (where layout and motion form)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--prompt-dropout", type=float, default=0.1)
