@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod bench;
 pub mod clip;
+pub mod conv;
 pub mod debug;
 pub mod device;
 pub mod error;

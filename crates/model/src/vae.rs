@@ -11,7 +11,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{conv2d, group_norm, linear, Conv2d, GroupNorm, Linear, VarBuilder};
+
+use crate::conv::SameConv3x3;
 use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
     DownEncoderBlock2D, DownEncoderBlock2DConfig, UpDecoderBlock2D, UpDecoderBlock2DConfig,
@@ -296,12 +298,8 @@ pub fn frames_to_video(frames: &Tensor, batch: usize) -> Result<Tensor> {
         .contiguous()
 }
 
-fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let config = Conv2dConfig {
-        padding: 1,
-        ..Default::default()
-    };
-    conv2d(in_channels, out_channels, 3, config, vb)
+fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<SameConv3x3> {
+    SameConv3x3::new(in_channels, out_channels, vb)
 }
 
 /// The mid block of both halves (diffusers' `UNetMidBlock2D` without time embedding): resnet,
@@ -397,11 +395,11 @@ impl MidAttention {
 
 #[derive(Debug)]
 struct Encoder {
-    conv_in: Conv2d,
+    conv_in: SameConv3x3,
     down_blocks: Vec<DownEncoderBlock2D>,
     mid_block: MidBlock,
     conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: SameConv3x3,
 }
 
 impl Encoder {
@@ -456,11 +454,11 @@ impl Encoder {
 
 #[derive(Debug)]
 struct Decoder {
-    conv_in: Conv2d,
+    conv_in: SameConv3x3,
     mid_block: MidBlock,
     up_blocks: Vec<UpDecoderBlock2D>,
     conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: SameConv3x3,
 }
 
 impl Decoder {

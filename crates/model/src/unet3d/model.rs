@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use crate::conv::SameConv3x3;
 
 use crate::attention::{ForwardCtx, SiteInfo};
 use crate::error::ModelError;
@@ -24,14 +26,14 @@ const TRANSFORMER_IN_HEADS: usize = 8;
 #[derive(Debug)]
 pub struct UNet3DConditionModel {
     config: UNet3DConfig,
-    conv_in: Conv2d,
+    conv_in: SameConv3x3,
     time_embedding: TimestepEmbedding,
     transformer_in: TransformerTemporal,
     down_blocks: Vec<DownBlock>,
     mid_block: MidBlock,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: SameConv3x3,
     sites: Vec<SiteInfo>,
 }
 
@@ -60,17 +62,7 @@ impl UNet3DConditionModel {
         let up_kinds = config.up_block_kinds().map_err(candle_core::Error::Msg)?;
         let mut sites = SiteRegistry::default();
 
-        let conv_config = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
-        let conv_in = candle_nn::conv2d(
-            config.in_channels,
-            channels[0],
-            3,
-            conv_config,
-            vb.pp("conv_in"),
-        )?;
+        let conv_in = SameConv3x3::new(config.in_channels, channels[0], vb.pp("conv_in"))?;
         let time_embedding = TimestepEmbedding::new(
             channels[0],
             time_embed_dim,
@@ -165,13 +157,7 @@ impl UNet3DConditionModel {
                 config.norm_eps,
                 vb.pp("conv_norm_out"),
             )?,
-            conv_out: candle_nn::conv2d(
-                channels[0],
-                config.out_channels,
-                3,
-                conv_config,
-                vb.pp("conv_out"),
-            )?,
+            conv_out: SameConv3x3::new(channels[0], config.out_channels, vb.pp("conv_out"))?,
             sites: sites.into_sites(),
         })
     }

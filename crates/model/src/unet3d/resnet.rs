@@ -4,10 +4,13 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 
+use crate::conv::{FrameConv3, SameConv3x3};
+
 use super::config::Activation;
 use super::video::VideoShape;
 
-fn conv3x3(
+/// A strided 3×3 convolution (the downsampler's); stride-1 ones are [`SameConv3x3`].
+fn strided_conv3x3(
     in_channels: usize,
     out_channels: usize,
     stride: usize,
@@ -26,10 +29,10 @@ fn conv3x3(
 #[derive(Debug)]
 pub struct ResnetBlock2D {
     norm1: GroupNorm,
-    conv1: Conv2d,
+    conv1: SameConv3x3,
     time_emb_proj: Linear,
     norm2: GroupNorm,
-    conv2: Conv2d,
+    conv2: SameConv3x3,
     conv_shortcut: Option<Conv2d>,
     activation: Activation,
     output_scale_factor: f64,
@@ -70,7 +73,7 @@ impl ResnetBlock2D {
                 settings.eps,
                 vb.pp("norm1"),
             )?,
-            conv1: conv3x3(in_channels, out_channels, 1, 1, vb.pp("conv1"))?,
+            conv1: SameConv3x3::new(in_channels, out_channels, vb.pp("conv1"))?,
             time_emb_proj: candle_nn::linear(
                 settings.temb_channels,
                 out_channels,
@@ -82,7 +85,7 @@ impl ResnetBlock2D {
                 settings.eps,
                 vb.pp("norm2"),
             )?,
-            conv2: conv3x3(out_channels, out_channels, 1, 1, vb.pp("conv2"))?,
+            conv2: SameConv3x3::new(out_channels, out_channels, vb.pp("conv2"))?,
             conv_shortcut,
             activation: settings.activation,
             output_scale_factor,
@@ -122,10 +125,7 @@ impl ResnetBlock2D {
 #[derive(Debug)]
 struct TemporalConvStage {
     norm: GroupNorm,
-    /// The Conv3d kernel `[out, in, 3, 1, 1]` stored as a Conv2d kernel `[out, in, 3, 1]` over
-    /// (frames, pixels).
-    weight: Tensor,
-    bias: Tensor,
+    conv: FrameConv3,
 }
 
 impl TemporalConvStage {
@@ -136,25 +136,17 @@ impl TemporalConvStage {
         conv_index: usize,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let conv = vb.pp(conv_index.to_string());
         Ok(Self {
             // TemporalConvLayer's GroupNorm keeps PyTorch's default eps.
             norm: candle_nn::group_norm(groups, in_dim, 1e-5, vb.pp("0"))?,
-            weight: conv
-                .get((out_dim, in_dim, 3, 1, 1), "weight")?
-                .reshape((out_dim, in_dim, 3, 1))?,
-            bias: conv.get(out_dim, "bias")?,
+            conv: FrameConv3::new(in_dim, out_dim, vb.pp(conv_index.to_string()))?,
         })
     }
 
     /// `x` `[B, C, F, H*W]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = candle_nn::ops::silu(&self.norm.forward(x)?)?;
-        // Zero padding of one frame on each side, as Conv3d padding (1, 0, 0).
-        let h = h
-            .pad_with_zeros(2, 1, 1)?
-            .conv2d(&self.weight, 0, 1, 1, 1)?;
-        h.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        self.conv
+            .forward(&candle_nn::ops::silu(&self.norm.forward(x)?)?)
     }
 }
 
@@ -200,7 +192,7 @@ pub struct Downsample2D {
 impl Downsample2D {
     pub fn new(channels: usize, padding: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            conv: conv3x3(channels, channels, 2, padding, vb.pp("conv"))?,
+            conv: strided_conv3x3(channels, channels, 2, padding, vb.pp("conv"))?,
             pad_right_bottom: padding == 0,
         })
     }
@@ -218,13 +210,13 @@ impl Downsample2D {
 /// diffusers' `Upsample2D`: nearest-neighbour ×2 (or to an explicit size) then a 3×3 conv.
 #[derive(Debug)]
 pub struct Upsample2D {
-    conv: Conv2d,
+    conv: SameConv3x3,
 }
 
 impl Upsample2D {
     pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            conv: conv3x3(channels, channels, 1, 1, vb.pp("conv"))?,
+            conv: SameConv3x3::new(channels, channels, vb.pp("conv"))?,
         })
     }
 

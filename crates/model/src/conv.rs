@@ -1,0 +1,190 @@
+//! Stride-1 convolutions written as one matrix product on the CPU: the 3×3 "same" convolution of
+//! the UNet and the VAE, and the UNet's temporal convolution (3 frames × 1 × 1).
+//!
+//! candle 0.11's CPU `conv2d` builds its im2col tiles in scalar loops with bounds checks, one small
+//! GEMM per image, and repacks the weights on every call; at this project's sizes (8×8 to 64×64
+//! images, 4 to 128 channels) that costs as much as the products themselves (callgrind of a UNet
+//! step: 15% of the instructions in the im2col closures against 30% in GEMM). Here the shifted
+//! views of the zero-padded input are concatenated along the channels with bulk copies and
+//! multiplied once by the weights packed at load time. Other devices keep candle's convolution
+//! (cuDNN on CUDA), whose results the GPU parity checks were made with.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+
+/// `Σ_k packed[:, k·C..(k+1)·C] · shifted[k]` for every batch item, plus the bias.
+/// `shifted`: K tensors `[B, C, S]`; `packed`: `[O, K·C]`; returns `[B, O, S]`. The batch is folded
+/// into the columns so that one large product (which the GEMM kernels split across threads)
+/// replaces B small ones.
+fn shifted_product(shifted: &[Tensor], packed: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (batch, _, positions) = shifted[0].dims3()?;
+    let columns = Tensor::cat(shifted, 1)?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape(((), batch * positions))?;
+    let out = packed.matmul(&columns)?;
+    let out = match bias {
+        Some(bias) => out.broadcast_add(&bias.reshape(((), 1))?)?,
+        None => out,
+    };
+    out.reshape(((), batch, positions))?.transpose(0, 1)?.contiguous()
+}
+
+/// A 3×3 convolution with stride 1 and padding 1 (diffusers' `Conv2d(c_in, c_out, 3, padding=1)`).
+#[derive(Debug)]
+pub struct SameConv3x3 {
+    /// candle's convolution, used off the CPU.
+    conv: Conv2d,
+    /// The weights as `[c_out, 9·c_in]`, kernel position major (kh, kw), input channel minor.
+    packed: Tensor,
+}
+
+impl SameConv3x3 {
+    pub fn new(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Self> {
+        let config = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv = candle_nn::conv2d(in_channels, out_channels, 3, config, vb)?;
+        let packed = conv
+            .weight()
+            .permute((0, 2, 3, 1))?
+            .reshape((out_channels, 9 * in_channels))?
+            .contiguous()?;
+        Ok(Self { conv, packed })
+    }
+}
+
+impl Module for SameConv3x3 {
+    /// `x` `[N, C, H, W]` → `[N, c_out, H, W]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.device().is_cpu() {
+            return self.conv.forward(x);
+        }
+        let (n, c, h, w) = x.dims4()?;
+        let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+        let mut shifted = Vec::with_capacity(9);
+        for kh in 0..3 {
+            for kw in 0..3 {
+                shifted.push(
+                    padded
+                        .narrow(2, kh, h)?
+                        .narrow(3, kw, w)?
+                        .reshape((n, c, h * w))?,
+                );
+            }
+        }
+        shifted_product(&shifted, &self.packed, self.conv.bias())?.reshape((n, (), h, w))
+    }
+}
+
+/// The temporal convolution of diffusers' `TemporalConvLayer`: `Conv3d(c_in, c_out, (3, 1, 1),
+/// padding=(1, 0, 0))` on `[B, C, F, H·W]` (frames zero-padded by one on each side).
+#[derive(Debug)]
+pub struct FrameConv3 {
+    /// `[c_out, c_in, 3, 1]`: the kernel as a 2-D convolution over (frames, positions).
+    weight: Tensor,
+    bias: Tensor,
+    /// `[c_out, 3·c_in]`, frame offset major.
+    packed: Tensor,
+}
+
+impl FrameConv3 {
+    pub fn new(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out_channels, in_channels, 3, 1, 1), "weight")?;
+        let packed = weight
+            .reshape((out_channels, in_channels, 3))?
+            .permute((0, 2, 1))?
+            .reshape((out_channels, 3 * in_channels))?
+            .contiguous()?;
+        Ok(Self {
+            weight: weight.reshape((out_channels, in_channels, 3, 1))?,
+            bias: vb.get(out_channels, "bias")?,
+            packed,
+        })
+    }
+}
+
+impl Module for FrameConv3 {
+    /// `x` `[B, C, F, P]` → `[B, c_out, F, P]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let padded = x.pad_with_zeros(2, 1, 1)?;
+        if !x.device().is_cpu() {
+            let out = padded.conv2d(&self.weight, 0, 1, 1, 1)?;
+            return out.broadcast_add(&self.bias.reshape((1, (), 1, 1))?);
+        }
+        let (b, c, frames, positions) = x.dims4()?;
+        let shifted = (0..3)
+            .map(|offset| {
+                padded
+                    .narrow(2, offset, frames)?
+                    .reshape((b, c, frames * positions))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        shifted_product(&shifted, &self.packed, Some(&self.bias))?.reshape((b, (), frames, positions))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn random_vars(map: &VarMap) {
+        for (i, var) in map.all_vars().iter().enumerate() {
+            let values = Tensor::randn(0f32, 1.0, var.shape(), &Device::Cpu).unwrap();
+            var.set(&(values * (1.0 + i as f64 * 0.1)).unwrap()).unwrap();
+        }
+    }
+
+    /// Builds a layer on a fresh variable map, randomises the variables, and builds it again so
+    /// that weights packed at construction see the random values.
+    fn with_random_weights<T>(make: impl Fn(VarBuilder) -> Result<T>) -> T {
+        let map = VarMap::new();
+        make(VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu)).unwrap();
+        random_vars(&map);
+        make(VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu)).unwrap()
+    }
+
+    #[test]
+    fn same_conv_matches_candles_convolution() {
+        for (n, c_in, c_out, h, w) in [(3, 5, 7, 6, 9), (1, 1, 2, 1, 1), (2, 4, 3, 8, 8)] {
+            let conv = with_random_weights(|vb| SameConv3x3::new(c_in, c_out, vb));
+            let x = Tensor::randn(0f32, 1.0, (n, c_in, h, w), &Device::Cpu).unwrap();
+            let expected = conv.conv.forward(&x).unwrap();
+            let got = conv.forward(&x).unwrap();
+            assert_eq!(got.dims(), expected.dims());
+            assert!(max_abs_diff(&got, &expected) < 1e-4, "{n} {c_in} {c_out} {h} {w}");
+        }
+    }
+
+    #[test]
+    fn frame_conv_matches_a_convolution_over_zero_padded_frames() {
+        let conv = with_random_weights(|vb| FrameConv3::new(4, 6, vb));
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 5, 7), &Device::Cpu).unwrap();
+        let expected = x
+            .pad_with_zeros(2, 1, 1)
+            .unwrap()
+            .conv2d(&conv.weight, 0, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&conv.bias.reshape((1, (), 1, 1)).unwrap())
+            .unwrap();
+        let got = conv.forward(&x).unwrap();
+        assert_eq!(got.dims(), expected.dims());
+        assert!(max_abs_diff(&got, &expected) < 1e-4);
+    }
+}
