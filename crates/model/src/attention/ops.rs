@@ -245,11 +245,15 @@ fn softmax_block(
     if !measure {
         return Ok((out, None));
     }
-    // Statistics in f32 at least, whatever the model's dtype.
-    let (logits, probs) = if logits.dtype() == DType::F64 {
-        (logits, probs)
-    } else {
-        (logits.to_dtype(DType::F32)?, probs.to_dtype(DType::F32)?)
+    // Statistics in f32 at least, whatever the model's dtype: half-precision probabilities are
+    // recomputed from the f32 logits (softmax_entropy reads logsumexp off the largest one).
+    let (logits, probs) = match logits.dtype() {
+        DType::F64 | DType::F32 => (logits, probs),
+        _ => {
+            let logits = logits.to_dtype(DType::F32)?;
+            let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+            (logits, probs)
+        }
     };
     let query_entropy = if lambda > 0.0 {
         let keys = logits.dim(D::Minus1)?;
@@ -265,14 +269,14 @@ fn softmax_block(
 
 /// Entropy of each row of softmax(logits): H = logsumexp(s) − Σ softmax(s)·s, which needs no
 /// logarithm of probabilities (no 0·ln 0 trouble). Returns `[.., Nq]`.
+///
+/// logsumexp comes from the probabilities already computed: p_i = exp(s_i − logsumexp(s)) for
+/// every i, so at the largest logit logsumexp(s) = max s − ln(max p), and max p ≥ 1/N keeps the
+/// logarithm well conditioned. This saves a second exponential of every logit (the largest cost of
+/// recording statistics).
 pub fn softmax_entropy(logits: &Tensor, probs: &Tensor) -> Result<Tensor> {
-    let max = logits.max_keepdim(D::Minus1)?;
-    let log_sum_exp = (logits
-        .broadcast_sub(&max)?
-        .exp()?
-        .sum_keepdim(D::Minus1)?
-        .log()?
-        + max)?;
+    let log_sum_exp =
+        (logits.max_keepdim(D::Minus1)? - probs.max_keepdim(D::Minus1)?.log()?)?;
     let expected_logit = (probs * logits)?.sum_keepdim(D::Minus1)?;
     (log_sum_exp - expected_logit)?.squeeze(D::Minus1)
 }
