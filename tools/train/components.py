@@ -122,13 +122,18 @@ def build_vae(arch: Architecture):
     )
 
 
+def downsampling(block_out_channels: list[int]) -> int:
+    """How much a diffusers encoder (VAE) or UNet with these levels shrinks a side: 2 per level
+    after the first."""
+    return 2 ** (len(block_out_channels) - 1)
+
+
 def build_unet(arch: Architecture, cross_attention_dim: int):
     from diffusers import UNet3DConditionModel
 
     levels = len(arch.unet_channels)
-    vae_scale_factor = 2 ** (len(arch.vae_channels) - 1)
     return UNet3DConditionModel(
-        sample_size=MODEL_INFO["default_width"] // vae_scale_factor,
+        sample_size=MODEL_INFO["default_width"] // downsampling(arch.vae_channels),
         in_channels=4,
         out_channels=4,
         down_block_types=["CrossAttnDownBlock3D"] * levels,
@@ -193,7 +198,7 @@ def write_pipeline(folder: Path, grammar: dict, vae, text_encoder, unet) -> None
     write_tokenizer(tokenizer_dir, grammar)
     use_classic_text_encoder_keys(staging / "text_encoder")
     # Frame sides must survive the VAE's downsampling and then the UNet's.
-    size_multiple = 2 ** (len(vae.config.block_out_channels) - 1) * 2 ** (len(unet.config.block_out_channels) - 1)
+    size_multiple = downsampling(vae.config.block_out_channels) * downsampling(unet.config.block_out_channels)
     info = {**MODEL_INFO, "size_multiple": max(MODEL_INFO["size_multiple"], size_multiple)}
     (staging / "entrovid.json").write_text(json.dumps(info, indent=2) + "\n")
     check_sizes(staging)

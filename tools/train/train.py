@@ -240,12 +240,16 @@ class Ema:
 # stage 1: VAE
 
 
-def object_weights(frames: torch.Tensor, object_weight: float) -> torch.Tensor:
-    """Per-pixel loss weights [B,1,H,W]: 1 + object_weight where a pixel differs from the frame's
-    background colour (the per-channel median: the object covers well under half of the frame)."""
+def object_mask(frames: torch.Tensor) -> torch.Tensor:
+    """Bool [B,1,H,W]: pixels that differ from the frame's background colour (the per-channel
+    median: the object covers well under half of the frame)."""
     background = frames.flatten(2).median(dim=2).values[:, :, None, None]
-    differs = (frames - background).abs().sum(dim=1, keepdim=True) > 0.1
-    return 1.0 + object_weight * differs.float()
+    return (frames - background).abs().sum(dim=1, keepdim=True) > 0.1
+
+
+def object_weights(frames: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """Per-pixel loss weights [B,1,H,W]: 1 + object_weight on the object's pixels."""
+    return 1.0 + object_weight * object_mask(frames).float()
 
 
 def train_vae(args, state: TrainingState, vae, optimizer, videos: torch.Tensor, device, clock: StageClock,
@@ -351,19 +355,32 @@ def encode_clips(vae, videos: torch.Tensor, scaling_factor: float, device, autoc
         for values, out in ((posterior.mean, means), (posterior.std, stds)):
             values = values.float() * scaling_factor
             out.append(values.unflatten(0, (count, frames)).transpose(1, 2).half())
-        object_pixels = object_weights(pixels, 1.0) - 1.0  # 1 where a pixel differs from the background
         downsample = pixels.shape[-1] // posterior.mean.shape[-1]
-        covered = F.max_pool2d(object_pixels, downsample).unflatten(0, (count, frames))
+        covered = F.max_pool2d(object_mask(pixels).float(), downsample).unflatten(0, (count, frames))
         paths.append(covered.amax(dim=1, keepdim=True).transpose(1, 2).bool())
     return torch.cat(means), torch.cat(stds), torch.cat(paths)
+
+
+def epsilon_loss(prediction: torch.Tensor, noise: torch.Tensor, object_path: torch.Tensor,
+                 object_weight: float) -> torch.Tensor:
+    """Mean squared error, optionally with the object's path weighted up: the object covers a few
+    of the 64 latent positions of a frame, and the flat background otherwise dominates the loss."""
+    if object_weight <= 0:
+        return F.mse_loss(prediction, noise)
+    weights = 1.0 + object_weight * object_path.float()
+    squared_error = (prediction - noise).square()
+    return (weights * squared_error).mean() / weights.expand_as(squared_error).mean()
 
 
 def sample_timesteps(count: int, num_timesteps: int, high_noise_fraction: float,
                      generator: torch.Generator) -> torch.Tensor:
     """Uniform timesteps, except that a share of them is drawn from the noisier half only: the
     object's placement and its motion are decided there, and uniform sampling spends most of the
-    budget on the low-noise steps that only refine edges."""
+    budget on the low-noise steps that only refine edges. With no such share the generator is
+    used exactly as plain uniform sampling uses it (the shipped model's recipe)."""
     uniform = torch.randint(num_timesteps, (count,), generator=generator)
+    if high_noise_fraction <= 0:
+        return uniform
     noisy = torch.randint(num_timesteps // 2, num_timesteps, (count,), generator=generator)
     pick_noisy = torch.rand(count, generator=generator) < high_noise_fraction
     return torch.where(pick_noisy, noisy, uniform)
@@ -420,11 +437,7 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder, optimizer, e
             with autocast():
                 text = text_encoder(ids)[0]
                 prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
-            # The object covers a few of the 64 latent positions of a frame; without extra weight the
-            # loss is dominated by the flat background and motion is learnt last.
-            weights = 1.0 + args.object_loss_weight * object_paths[clip].float()
-            squared_error = (prediction.float() - noise).square()
-            loss = (weights * squared_error).mean() / weights.expand_as(squared_error).mean()
+            loss = epsilon_loss(prediction.float(), noise, object_paths[clip], args.object_loss_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -31,12 +31,13 @@ fn shifted_product(shifted: &[Tensor], packed: &Tensor, bias: Option<&Tensor>) -
 }
 
 /// A 3×3 convolution with stride 1 and padding 1 (diffusers' `Conv2d(c_in, c_out, 3, padding=1)`).
+/// The form is chosen once, for the device the weights load on.
 #[derive(Debug)]
-pub struct SameConv3x3 {
-    /// candle's convolution, used off the CPU.
-    conv: Conv2d,
+pub enum SameConv3x3 {
     /// The weights as `[c_out, 9·c_in]`, kernel position major (kh, kw), input channel minor.
-    packed: Tensor,
+    Packed { packed: Tensor, bias: Option<Tensor> },
+    /// candle's convolution, off the CPU.
+    Candle(Conv2d),
 }
 
 impl SameConv3x3 {
@@ -45,22 +46,30 @@ impl SameConv3x3 {
             padding: 1,
             ..Default::default()
         };
+        let on_cpu = vb.device().is_cpu();
         let conv = candle_nn::conv2d(in_channels, out_channels, 3, config, vb)?;
+        if !on_cpu {
+            return Ok(Self::Candle(conv));
+        }
         let packed = conv
             .weight()
             .permute((0, 2, 3, 1))?
             .reshape((out_channels, 9 * in_channels))?
             .contiguous()?;
-        Ok(Self { conv, packed })
+        Ok(Self::Packed {
+            packed,
+            bias: conv.bias().cloned(),
+        })
     }
 }
 
 impl Module for SameConv3x3 {
     /// `x` `[N, C, H, W]` → `[N, c_out, H, W]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !x.device().is_cpu() {
-            return self.conv.forward(x);
-        }
+        let (packed, bias) = match self {
+            Self::Candle(conv) => return conv.forward(x),
+            Self::Packed { packed, bias } => (packed, bias),
+        };
         let (n, c, h, w) = x.dims4()?;
         let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
         let mut shifted = Vec::with_capacity(9);
@@ -74,7 +83,7 @@ impl Module for SameConv3x3 {
                 );
             }
         }
-        shifted_product(&shifted, &self.packed, self.conv.bias())?.reshape((n, (), h, w))
+        shifted_product(&shifted, packed, bias.as_ref())?.reshape((n, (), h, w))
     }
 }
 
@@ -82,25 +91,28 @@ impl Module for SameConv3x3 {
 /// padding=(1, 0, 0))` on `[B, C, F, H·W]` (frames zero-padded by one on each side).
 #[derive(Debug)]
 pub struct FrameConv3 {
-    /// `[c_out, c_in, 3, 1]`: the kernel as a 2-D convolution over (frames, positions).
+    /// On the CPU `[c_out, 3·c_in]` (frame offset major); elsewhere `[c_out, c_in, 3, 1]`, the
+    /// kernel as a 2-D convolution over (frames, positions).
     weight: Tensor,
     bias: Tensor,
-    /// `[c_out, 3·c_in]`, frame offset major.
-    packed: Tensor,
 }
 
 impl FrameConv3 {
     pub fn new(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get((out_channels, in_channels, 3, 1, 1), "weight")?;
-        let packed = weight
-            .reshape((out_channels, in_channels, 3))?
-            .permute((0, 2, 1))?
-            .reshape((out_channels, 3 * in_channels))?
-            .contiguous()?;
+        let on_cpu = vb.device().is_cpu();
+        let kernel = vb.get((out_channels, in_channels, 3, 1, 1), "weight")?;
+        let weight = if on_cpu {
+            kernel
+                .reshape((out_channels, in_channels, 3))?
+                .permute((0, 2, 1))?
+                .reshape((out_channels, 3 * in_channels))?
+                .contiguous()?
+        } else {
+            kernel.reshape((out_channels, in_channels, 3, 1))?
+        };
         Ok(Self {
-            weight: weight.reshape((out_channels, in_channels, 3, 1))?,
+            weight,
             bias: vb.get(out_channels, "bias")?,
-            packed,
         })
     }
 }
@@ -109,7 +121,7 @@ impl Module for FrameConv3 {
     /// `x` `[B, C, F, P]` → `[B, c_out, F, P]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let padded = x.pad_with_zeros(2, 1, 1)?;
-        if !x.device().is_cpu() {
+        if self.weight.rank() == 4 {
             let out = padded.conv2d(&self.weight, 0, 1, 1, 1)?;
             return out.broadcast_add(&self.bias.reshape((1, (), 1, 1))?);
         }
@@ -121,7 +133,7 @@ impl Module for FrameConv3 {
                     .reshape((b, c, frames * positions))
             })
             .collect::<Result<Vec<_>>>()?;
-        shifted_product(&shifted, &self.packed, Some(&self.bias))?.reshape((b, (), frames, positions))
+        shifted_product(&shifted, &self.weight, Some(&self.bias))?.reshape((b, (), frames, positions))
     }
 }
 
@@ -151,21 +163,31 @@ mod tests {
         }
     }
 
-    /// Builds a layer on a fresh variable map, randomises the variables, and builds it again so
-    /// that weights packed at construction see the random values.
-    fn with_random_weights<T>(make: impl Fn(VarBuilder) -> Result<T>) -> T {
+    fn cpu_vars(map: &VarMap) -> VarBuilder<'_> {
+        VarBuilder::from_varmap(map, DType::F32, &Device::Cpu)
+    }
+
+    /// A variable map holding the variables `make` asks for, set to random values (a layer
+    /// built from it afterwards packs those values).
+    fn random_varmap<T>(make: impl Fn(VarBuilder) -> Result<T>) -> VarMap {
         let map = VarMap::new();
-        make(VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu)).unwrap();
+        make(cpu_vars(&map)).unwrap();
         random_vars(&map);
-        make(VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu)).unwrap()
+        map
     }
 
     #[test]
     fn same_conv_matches_candles_convolution() {
         for (n, c_in, c_out, h, w) in [(3, 5, 7, 6, 9), (1, 1, 2, 1, 1), (2, 4, 3, 8, 8)] {
-            let conv = with_random_weights(|vb| SameConv3x3::new(c_in, c_out, vb));
+            let map = random_varmap(|vb| SameConv3x3::new(c_in, c_out, vb));
+            let conv = SameConv3x3::new(c_in, c_out, cpu_vars(&map)).unwrap();
+            let config = Conv2dConfig {
+                padding: 1,
+                ..Default::default()
+            };
+            let reference = candle_nn::conv2d(c_in, c_out, 3, config, cpu_vars(&map)).unwrap();
             let x = Tensor::randn(0f32, 1.0, (n, c_in, h, w), &Device::Cpu).unwrap();
-            let expected = conv.conv.forward(&x).unwrap();
+            let expected = reference.forward(&x).unwrap();
             let got = conv.forward(&x).unwrap();
             assert_eq!(got.dims(), expected.dims());
             assert!(max_abs_diff(&got, &expected) < 1e-4, "{n} {c_in} {c_out} {h} {w}");
@@ -174,14 +196,18 @@ mod tests {
 
     #[test]
     fn frame_conv_matches_a_convolution_over_zero_padded_frames() {
-        let conv = with_random_weights(|vb| FrameConv3::new(4, 6, vb));
+        let map = random_varmap(|vb| FrameConv3::new(4, 6, vb));
+        let conv = FrameConv3::new(4, 6, cpu_vars(&map)).unwrap();
+        let vb = cpu_vars(&map);
+        let kernel = vb.get((6, 4, 3, 1, 1), "weight").unwrap().reshape((6, 4, 3, 1)).unwrap();
+        let bias = vb.get(6, "bias").unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 4, 5, 7), &Device::Cpu).unwrap();
         let expected = x
             .pad_with_zeros(2, 1, 1)
             .unwrap()
-            .conv2d(&conv.weight, 0, 1, 1, 1)
+            .conv2d(&kernel, 0, 1, 1, 1)
             .unwrap()
-            .broadcast_add(&conv.bias.reshape((1, (), 1, 1)).unwrap())
+            .broadcast_add(&bias.reshape((1, (), 1, 1)).unwrap())
             .unwrap();
         let got = conv.forward(&x).unwrap();
         assert_eq!(got.dims(), expected.dims());

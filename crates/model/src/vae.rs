@@ -12,14 +12,13 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{conv2d, group_norm, linear, Conv2d, GroupNorm, Linear, VarBuilder};
-
-use crate::conv::SameConv3x3;
 use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
     DownEncoderBlock2D, DownEncoderBlock2DConfig, UpDecoderBlock2D, UpDecoderBlock2DConfig,
 };
 use serde::Deserialize;
 
+use crate::conv::SameConv3x3;
 use crate::error::ModelError;
 use crate::weights::{read_json, ComponentWeights};
 
@@ -298,10 +297,6 @@ pub fn frames_to_video(frames: &Tensor, batch: usize) -> Result<Tensor> {
         .contiguous()
 }
 
-fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<SameConv3x3> {
-    SameConv3x3::new(in_channels, out_channels, vb)
-}
-
 /// The mid block of both halves (diffusers' `UNetMidBlock2D` without time embedding): resnet,
 /// single-head self-attention over all pixels, resnet.
 #[derive(Debug)]
@@ -406,7 +401,7 @@ impl Encoder {
     fn new(vb: VarBuilder, config: &VaeConfig) -> Result<Self> {
         let channels = &config.block_out_channels;
         let last = channels[channels.len() - 1];
-        let conv_in = conv3x3(config.in_channels, channels[0], vb.pp("conv_in"))?;
+        let conv_in = SameConv3x3::new(config.in_channels, channels[0], vb.pp("conv_in"))?;
         let down_blocks = (0..channels.len())
             .map(|index| {
                 let in_channels = channels[index.saturating_sub(1)];
@@ -437,7 +432,7 @@ impl Encoder {
                 vb.pp("conv_norm_out"),
             )?,
             // Mean and log-variance ("double_z").
-            conv_out: conv3x3(last, 2 * config.latent_channels, vb.pp("conv_out"))?,
+            conv_out: SameConv3x3::new(last, 2 * config.latent_channels, vb.pp("conv_out"))?,
         })
     }
 
@@ -484,7 +479,7 @@ impl Decoder {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            conv_in: conv3x3(config.latent_channels, reversed[0], vb.pp("conv_in"))?,
+            conv_in: SameConv3x3::new(config.latent_channels, reversed[0], vb.pp("conv_in"))?,
             mid_block: MidBlock::new(vb.pp("mid_block"), reversed[0], config)?,
             up_blocks,
             conv_norm_out: group_norm(
@@ -493,7 +488,7 @@ impl Decoder {
                 NORM_EPS,
                 vb.pp("conv_norm_out"),
             )?,
-            conv_out: conv3x3(first, config.out_channels, vb.pp("conv_out"))?,
+            conv_out: SameConv3x3::new(first, config.out_channels, vb.pp("conv_out"))?,
         })
     }
 

@@ -5,9 +5,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{GroupNorm, VarBuilder};
 
-use crate::conv::SameConv3x3;
-
 use crate::attention::{ForwardCtx, SiteInfo};
+use crate::conv::SameConv3x3;
 use crate::error::ModelError;
 use crate::weights::ComponentWeights;
 
