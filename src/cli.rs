@@ -68,6 +68,77 @@ pub enum Command {
     /// Benchmarks that print numbers (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The attention experiments of EXPERIMENTS.md, on prompts of the synthetic world.
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExperimentCommand {
+    /// Enhance jobs with their baseline (compare): paired measures per case.
+    Enhance(ExperimentEnhanceArgs),
+    /// Edits of generated videos: target = source, one-word colour edits, the unguided
+    /// regeneration, and optionally the upload round trip.
+    Edit(ExperimentEditArgs),
+    /// Analyze jobs (the perturbation study) with the default groups.
+    Analyze(ExperimentCaseArgs),
+    /// Means with 95% intervals of result files (JSON lines), printed as JSON.
+    Summarize(SummarizeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExperimentCaseArgs {
+    /// Model id (a folder under --models-dir) [default: the default model].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The world split prompts are drawn from: train, held-out or all.
+    #[arg(long, default_value = "held-out")]
+    pub split: String,
+    #[arg(long, default_value_t = 20)]
+    pub prompts: usize,
+    /// Seed of the prompt draw (different seeds: different prompt sets).
+    #[arg(long, default_value_t = 0)]
+    pub prompt_seed: u64,
+    /// Generation seeds 0..S per prompt.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Run only cases i, i+n, i+2n, ... ("i/n"), to split the work over processes.
+    #[arg(long, default_value = "0/1")]
+    pub shard: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Results are appended here, one JSON line per case.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExperimentEnhanceArgs {
+    #[command(flatten)]
+    pub cases: ExperimentCaseArgs,
+    /// The request's `enhance` object (preset and overrides), as JSON.
+    #[arg(long, default_value = "{}")]
+    pub enhance: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExperimentEditArgs {
+    #[command(flatten)]
+    pub cases: ExperimentCaseArgs,
+    /// The request's `edit` object (preset and overrides), as JSON.
+    #[arg(long, default_value = "{}")]
+    pub edit: String,
+    /// Also edit each source's MP4 as an upload with target = source (PSNR to the source).
+    #[arg(long)]
+    pub upload: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SummarizeArgs {
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

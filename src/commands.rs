@@ -8,7 +8,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
 use crate::app::{build_catalog, shutdown_signal, AppParts, Server, Storage, WorkerProcess};
-use crate::cli::{BenchCommand, BenchUnetArgs, Cli, Command, DebugCommand, DebugUnetArgs, EvalArgs, GenerateArgs};
+use crate::cli::{
+    BenchCommand, BenchUnetArgs, Cli, Command, DebugCommand, DebugUnetArgs, EvalArgs, ExperimentCommand, GenerateArgs,
+};
 use crate::config::Settings;
 use crate::jobs::validate::{validate_job_request, ValidationContext};
 use crate::worker::backend::{BackendProvider, RunProgress};
@@ -68,6 +70,53 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || evaluate_model(&args, model_dir)).await?
         }
         Command::Bench(BenchCommand::Unet(args)) => tokio::task::spawn_blocking(move || bench_unet(&args)).await?,
+        Command::Experiment(command) => {
+            let models_dir = settings.models.dir.clone();
+            let default_model = settings.models.default.clone();
+            tokio::task::spawn_blocking(move || experiment(command, &models_dir, default_model.as_deref())).await?
+        }
+    }
+}
+
+/// `entrovid experiment ...`: see [`crate::experiments`].
+fn experiment(command: ExperimentCommand, models_dir: &std::path::Path, default_model: Option<&str>) -> anyhow::Result<()> {
+    use crate::experiments::{self, CaseSet};
+    let cases_of = |args: &crate::cli::ExperimentCaseArgs| -> anyhow::Result<(CaseSet, experiments::JobRunner)> {
+        let (index, count) = args
+            .shard
+            .split_once('/')
+            .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+            .filter(|(i, n)| i < n)
+            .ok_or_else(|| anyhow::anyhow!("--shard must be i/n with i < n, got {}", args.shard))?;
+        let split = args.split.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cases = CaseSet { split, prompts: args.prompts, prompt_seed: args.prompt_seed, seeds: args.seeds, shard: (index, count) };
+        let model = args
+            .model
+            .clone()
+            .or_else(|| default_model.map(str::to_string))
+            .ok_or_else(|| anyhow::anyhow!("name a model with --model (no default model is configured)"))?;
+        Ok((cases, experiments::load_runner(models_dir, &model, &args.device, &args.dtype)?))
+    };
+    let json_arg = |text: &str, flag: &str| -> anyhow::Result<Value> {
+        serde_json::from_str(text).with_context(|| format!("{flag} is not JSON"))
+    };
+    match command {
+        ExperimentCommand::Enhance(args) => {
+            let (cases, runner) = cases_of(&args.cases)?;
+            experiments::enhance(&runner, &cases, &json_arg(&args.enhance, "--enhance")?, &args.cases.out)
+        }
+        ExperimentCommand::Edit(args) => {
+            let (cases, runner) = cases_of(&args.cases)?;
+            experiments::edit(&runner, &cases, &json_arg(&args.edit, "--edit")?, args.upload, &args.cases.out)
+        }
+        ExperimentCommand::Analyze(args) => {
+            let (cases, runner) = cases_of(&args)?;
+            experiments::analyze(&runner, &cases, &args.out)
+        }
+        ExperimentCommand::Summarize(args) => {
+            println!("{}", serde_json::to_string_pretty(&experiments::summarize(&args.files)?)?);
+            Ok(())
+        }
     }
 }
 
@@ -98,7 +147,7 @@ fn request_body(args: &GenerateArgs) -> Value {
 fn generate(args: &GenerateArgs, provider: Arc<dyn BackendProvider>, default_model: Option<&str>, device: &str) -> anyhow::Result<()> {
     let catalog = build_catalog(provider.models(), default_model)?;
     let random_seed = u64::from(uuid::Uuid::new_v4().as_u128() as u32);
-    let spec = validate_job_request(&request_body(args), &ValidationContext { catalog: &catalog, webhooks_enabled: false, random_seed })
+    let spec = validate_job_request(&request_body(args), &ValidationContext { catalog: &catalog, webhooks_enabled: false, random_seed, edit_source: None })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!(
         "model {}, {} frames {}x{}, {} steps, guidance {}, seed {}",
@@ -118,7 +167,7 @@ fn generate(args: &GenerateArgs, provider: Arc<dyn BackendProvider>, default_mod
         }
         ControlFlow::Continue(())
     };
-    let output = backend.run(&spec, &mut on_progress)?;
+    let output = backend.run(crate::worker::backend::JobInput { spec: &spec, edit_source: None }, &mut on_progress)?;
     bar.finish_with_message("done");
     if output.frames.is_empty() {
         bail!("the model produced no frames");

@@ -16,6 +16,7 @@
 //! Every transition is an event row, which `/events` streams; a worker that dies leaves a lease
 //! that expires, and the job goes back to the queue.
 
+pub mod analysis;
 pub mod api;
 pub mod app;
 pub mod artifacts;
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod eval;
+pub mod experiments;
 pub mod http;
 pub mod jobs;
 pub mod media;

@@ -260,15 +260,24 @@ async fn models_health_and_metrics() {
 
     let job = app.submit(json!({"kind": "generate", "prompt": "m", "num_inference_steps": 2})).await;
     app.wait_for(job["id"].as_str().unwrap(), Some("succeeded"), LONG).await;
-    let metrics = app.get("/metrics").send().await.unwrap().text().await.unwrap();
-    for family in [
+    // The worker records a job's duration just after the store marks it finished, so a scrape
+    // may briefly show the new status without the duration: poll until the families appear.
+    let families = [
         "entrovid_queue_depth 0",
         "entrovid_jobs{status=\"succeeded\"} 1",
         "entrovid_job_duration_seconds_bucket",
         "entrovid_step_duration_seconds",
         "entrovid_worker_busy_milliseconds_total",
-    ] {
-        assert!(metrics.contains(family), "{family} missing from:\n{metrics}");
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = app.get("/metrics").send().await.unwrap().text().await.unwrap();
+        let missing: Vec<&str> = families.iter().copied().filter(|family| !metrics.contains(family)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{missing:?} missing from:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(app.get("/healthz").send().await.unwrap().json::<Value>().await.unwrap()["status"], "ok");
     assert_eq!(app.get("/readyz").send().await.unwrap().status(), 200);

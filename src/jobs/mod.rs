@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod deliveries;
 pub mod events;
 pub mod idempotency;
+pub mod kinds;
 pub mod plan;
 pub mod render;
 mod service;

@@ -11,7 +11,8 @@ use super::catalog::ModelCatalog;
 use super::idempotency;
 use super::render::render_job;
 use super::spec::GenerateSpec;
-use super::validate::{validate_job_request, ValidationContext};
+use super::spec::EditSource;
+use super::validate::{parse_source, validate_job_request, ResolvedSource, ValidationContext};
 use super::JobNotifier;
 use crate::api::{ApiError, ErrorCode, Job, JobKind, JobList, JobProgress, JobStatus};
 use crate::store::{
@@ -108,12 +109,14 @@ impl JobService {
             }
         };
 
+        let edit_source = self.resolve_edit_source(owner, body).await?;
         let spec = validate_job_request(
             body,
             &ValidationContext {
                 catalog: &self.catalog,
                 webhooks_enabled: self.settings.webhooks_enabled,
                 random_seed: u64::from(rand_seed()),
+                edit_source: edit_source.as_ref(),
             },
         )?;
         if let Some(url) = &spec.webhook_url {
@@ -140,6 +143,39 @@ impl JobService {
                 let expected = claim.map(|c| c.body_hash).unwrap_or_default();
                 self.replay(job, &body_hash, &expected).await
             }
+        }
+    }
+
+    /// An edit's source, looked up for validation: a succeeded job or an upload of `owner`.
+    /// Other kinds, and bodies whose `source` is malformed (validation reports it), have none.
+    async fn resolve_edit_source(&self, owner: &str, body: &Value) -> Result<Option<ResolvedSource>, ApiError> {
+        if body.get("kind").and_then(Value::as_str) != Some("edit") {
+            return Ok(None);
+        }
+        let Some(Ok(source)) = body.as_object().map(parse_source) else {
+            return Ok(None);
+        };
+        let not_found = |what: &str| ApiError::new(ErrorCode::NotFound, format!("the source {what} was not found")).with_field("source");
+        match source {
+            EditSource::JobId(id) => {
+                let record = match self.store.get_job(id).await.map_err(store_error)? {
+                    Some(record) if record.owner == owner => record,
+                    _ => return Err(not_found("job")),
+                };
+                if record.status != JobStatus::Succeeded {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("the source job is {}; an edit needs a succeeded job", record.status),
+                    )
+                    .with_field("source.job_id"));
+                }
+                let spec = GenerateSpec::from_request_json(&record.request).map_err(ApiError::internal)?;
+                Ok(Some(ResolvedSource::Job { id, spec: Box::new(spec) }))
+            }
+            EditSource::UploadId(id) => match self.store.get_upload(id).await.map_err(store_error)? {
+                Some(upload) if upload.owner == owner => Ok(Some(ResolvedSource::Upload(upload.upload))),
+                _ => Err(not_found("upload")),
+            },
         }
     }
 

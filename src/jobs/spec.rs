@@ -56,10 +56,67 @@ impl WebhookEvent {
     }
 }
 
+/// Where an edit's source video comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EditSource {
+    /// A succeeded job of the same key.
+    JobId(uuid::Uuid),
+    /// An uploaded MP4 of the same key.
+    UploadId(uuid::Uuid),
+}
+
+/// An edit's settings, every field filled in (the `edit` object of the request).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EditSettings {
+    pub preset: String,
+    /// The self-attention sites whose source maps are injected: a plan selector (JSON), usually
+    /// ranked by the source's entropy.
+    pub sites: serde_json::Value,
+    /// The injection's step window, as in plans.
+    pub steps: StepRange,
+    /// The guidance branch that receives the source's maps: `cond`, `uncond` or `both`.
+    pub branch: String,
+    /// Guidance of the DDIM inversion of a video source (≤ 1: conditional branch only).
+    pub inversion_guidance_scale: f64,
+}
+
+/// An enhancement's settings, every field filled in (the `enhance` object of the request): one
+/// plan rule applied to the whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnhanceSettings {
+    pub preset: String,
+    pub sites: serde_json::Value,
+    pub steps: StepRange,
+    pub branch: String,
+    pub op: serde_json::Value,
+}
+
+/// The perturbation study's settings (the `analyze` object of the request).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalyzeSettings {
+    /// Plan selectors (JSON), one per site group.
+    pub groups: Vec<serde_json::Value>,
+    /// Operator types applied to each group in turn: `identity`, `uniform`.
+    pub ops: Vec<String>,
+}
+
+/// A step window: step i of n is in it when start <= i/n < end.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepRange {
+    pub start: f64,
+    pub end: f64,
+}
+
+/// A validated job of any kind. The common fields serve every kind (an edit's size, steps,
+/// guidance, seed and fps come from its source); the kind's own fields are set for that kind only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateSpec {
     pub kind: JobKind,
     pub model: String,
+    /// The prompt (generate, enhance, analyze); empty for an edit, which has source and target
+    /// prompts instead.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prompt: String,
     pub negative_prompt: String,
     pub num_frames: u32,
@@ -74,6 +131,21 @@ pub struct GenerateSpec {
     pub webhook_url: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub webhook_events: Vec<WebhookEvent>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enhance: Option<EnhanceSettings>,
+    /// Enhance only: also run the baseline (same seed, no enhancement).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub compare: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source: Option<EditSource>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source_prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub target_prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub edit: Option<EditSettings>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub analyze: Option<AnalyzeSettings>,
 }
 
 impl GenerateSpec {

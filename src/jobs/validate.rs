@@ -5,21 +5,48 @@
 use serde_json::{Map, Value};
 
 use super::catalog::ModelCatalog;
+use entrovid_model::attention::EntropyRankSupport;
+
+use super::kinds::{validate_analyze, validate_edit, validate_enhance};
 use super::plan::validate_plan;
-use super::spec::{GenerateSpec, WebhookEvent};
+use super::spec::{AttentionPlanSpec, EditSource, GenerateSpec, RecordMode, WebhookEvent};
 use crate::api::{ApiError, ErrorCode, JobKind, ModelDescriptor};
 
 /// Longest accepted prompt, in bytes (CLIP reads 77 tokens; this only bounds storage).
 pub const MAX_PROMPT_BYTES: usize = 4096;
 pub const MAX_URL_BYTES: usize = 2048;
 
-const GENERATE_FIELDS: &[&str] = &[
-    "kind", "model", "prompt", "negative_prompt", "num_frames", "width", "height", "num_inference_steps",
-    "guidance_scale", "seed", "fps", "attention", "webhook_url", "webhook_events",
+/// Fields every kind accepts.
+const COMMON_FIELDS: &[&str] =
+    &["kind", "model", "num_inference_steps", "guidance_scale", "seed", "fps", "attention", "webhook_url", "webhook_events"];
+/// Fields of the kinds that generate from a prompt.
+const PROMPT_FIELDS: &[&str] = &["prompt", "negative_prompt", "num_frames", "width", "height"];
+
+/// The fields a kind accepts besides [`COMMON_FIELDS`].
+fn kind_fields(kind: JobKind) -> &'static [&'static str] {
+    match kind {
+        JobKind::Generate => PROMPT_FIELDS,
+        JobKind::Enhance => &["prompt", "negative_prompt", "num_frames", "width", "height", "enhance", "compare"],
+        JobKind::Analyze => &["prompt", "negative_prompt", "num_frames", "width", "height", "analyze"],
+        // Size fields only apply to video sources (they set the resize); a job source's are inherited.
+        JobKind::Edit => &["source", "source_prompt", "target_prompt", "edit", "num_frames", "width", "height"],
+    }
+}
+
+/// Every field some kind accepts: named in the error when another kind refuses it.
+const ALL_KIND_FIELDS: &[&str] = &[
+    "prompt", "negative_prompt", "num_frames", "width", "height", "enhance", "compare", "analyze", "source", "source_prompt",
+    "target_prompt", "edit",
 ];
-/// Fields of other kinds: named in the error so a client sees why they are refused here.
-const OTHER_KINDS_FIELDS: &[&str] =
-    &["enhance", "compare", "source", "source_prompt", "target_prompt", "edit", "analyze"];
+
+/// An edit's source as found at submit (the service looks it up: it must belong to the caller).
+#[derive(Debug, Clone)]
+pub enum ResolvedSource {
+    /// A succeeded job, with its validated request.
+    Job { id: uuid::Uuid, spec: Box<GenerateSpec> },
+    /// An uploaded video.
+    Upload(crate::api::Upload),
+}
 
 /// What validation needs beyond the body.
 pub struct ValidationContext<'a> {
@@ -28,6 +55,8 @@ pub struct ValidationContext<'a> {
     pub webhooks_enabled: bool,
     /// Used when the request has no seed.
     pub random_seed: u64,
+    /// The source of an edit, resolved from the body's `source`.
+    pub edit_source: Option<&'a ResolvedSource>,
 }
 
 pub fn validate_job_request(body: &Value, context: &ValidationContext<'_>) -> Result<GenerateSpec, ApiError> {
@@ -35,20 +64,17 @@ pub fn validate_job_request(body: &Value, context: &ValidationContext<'_>) -> Re
         return Err(ApiError::new(ErrorCode::ValidationFailed, "the request body must be a JSON object"));
     };
     let kind = parse_kind(fields)?;
-    if kind != JobKind::Generate {
-        return Err(ApiError::new(
-            ErrorCode::UnsupportedKind,
-            format!("job kind {kind} is not supported by this server yet; supported: generate"),
-        )
-        .with_field("kind"));
-    }
     for name in fields.keys() {
-        if OTHER_KINDS_FIELDS.contains(&name.as_str()) {
-            return Err(ApiError::validation(name, format!("{name} is not accepted for kind generate")));
+        if COMMON_FIELDS.contains(&name.as_str()) || kind_fields(kind).contains(&name.as_str()) {
+            continue;
         }
-        if !GENERATE_FIELDS.contains(&name.as_str()) {
-            return Err(ApiError::validation(name, format!("unknown field {name}")));
+        if ALL_KIND_FIELDS.contains(&name.as_str()) {
+            return Err(ApiError::validation(name, format!("{name} is not accepted for kind {kind}")));
         }
+        return Err(ApiError::validation(name, format!("unknown field {name}")));
+    }
+    if kind == JobKind::Edit {
+        return validate_edit_request(fields, context);
     }
     let model = model_for(fields, context.catalog)?;
     let limits = &model.limits;
@@ -60,28 +86,37 @@ pub fn validate_job_request(body: &Value, context: &ValidationContext<'_>) -> Re
     }
     let negative_prompt = optional_text(fields, "negative_prompt")?.unwrap_or_default();
     let num_frames = ranged_u32(fields, "num_frames", limits.num_frames, defaults.num_frames)?;
-    let width = ranged_u32(fields, "width", limits.width, defaults.width)?;
-    let height = ranged_u32(fields, "height", limits.height, defaults.height)?;
-    for (name, value) in [("width", width), ("height", height)] {
-        if model.size_multiple > 0 && value % model.size_multiple != 0 {
-            return Err(ApiError::validation(
-                name,
-                format!("{name} must be a multiple of {} for model {}", model.size_multiple, model.id),
-            ));
-        }
-    }
+    let (width, height) = frame_size(fields, model, defaults.width, defaults.height)?;
     let num_inference_steps =
         ranged_u32(fields, "num_inference_steps", limits.num_inference_steps, defaults.num_inference_steps)?;
     let guidance_scale = ranged_f64(fields, "guidance_scale", limits.guidance_scale, defaults.guidance_scale)?;
-    let seed = match fields.get("seed") {
-        None | Some(Value::Null) => context.random_seed,
-        Some(value) => value
-            .as_u64()
-            .ok_or_else(|| ApiError::validation("seed", "seed must be an integer in [0, 18446744073709551615]"))?,
-    };
+    let seed = seed(fields, context.random_seed)?;
     let fps = ranged_u32(fields, "fps", limits.fps, defaults.fps)?;
-    let attention = validate_plan(fields.get("attention"), &model.sites)?;
+    let compare = match fields.get("compare") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(compare)) => Some(*compare),
+        Some(_) => return Err(ApiError::validation("compare", "compare must be true or false")),
+    };
+    // An enhancement with its baseline, and an analysis (whose baseline is its first run), have
+    // an unmodified pass to rank sites by.
+    let has_baseline = compare == Some(true) || kind == JobKind::Analyze;
+    let ranking = if has_baseline { EntropyRankSupport::Deferred } else { EntropyRankSupport::Refused };
+    let attention = validate_plan(fields.get("attention"), &model.sites, ranking)?;
+    if kind == JobKind::Analyze && !attention.rules.is_empty() {
+        return Err(ApiError::validation(
+            "attention.rules",
+            "an analysis applies its own conditions; its plan may only set record",
+        ));
+    }
     let (webhook_url, webhook_events) = webhook(fields, context.webhooks_enabled)?;
+    let enhance = match kind {
+        JobKind::Enhance => Some(validate_enhance(fields.get("enhance"), compare == Some(true), model)?),
+        _ => None,
+    };
+    let analyze = match kind {
+        JobKind::Analyze => Some(validate_analyze(fields.get("analyze"), model)?),
+        _ => None,
+    };
 
     Ok(GenerateSpec {
         kind,
@@ -98,7 +133,171 @@ pub fn validate_job_request(body: &Value, context: &ValidationContext<'_>) -> Re
         attention,
         webhook_url,
         webhook_events,
+        enhance,
+        compare: if kind == JobKind::Enhance { Some(compare.unwrap_or(false)) } else { None },
+        source: None,
+        source_prompt: None,
+        target_prompt: None,
+        edit: None,
+        analyze,
     })
+}
+
+/// An edit: a job source fixes the model, size, frames, steps, guidance and seed (so that the
+/// source branch reproduces it); a video source is resized to the requested (or default) size.
+fn validate_edit_request(fields: &Map<String, Value>, context: &ValidationContext<'_>) -> Result<GenerateSpec, ApiError> {
+    let source_ref = parse_source(fields)?;
+    let source = context
+        .edit_source
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "the edit's source was not found").with_field("source"))?;
+    let target_prompt = required_text(fields, "target_prompt")?;
+    if target_prompt.trim().is_empty() {
+        return Err(ApiError::validation("target_prompt", "target_prompt must not be empty"));
+    }
+    let source_prompt = optional_text(fields, "source_prompt")?;
+    let (webhook_url, webhook_events) = webhook(fields, context.webhooks_enabled)?;
+    let mut spec = match source {
+        ResolvedSource::Job { spec: source, .. } if source.kind == JobKind::Generate => {
+            for name in ["num_frames", "width", "height"] {
+                if fields.get(name).is_some_and(|v| !v.is_null()) {
+                    return Err(ApiError::validation(name, format!("an edit of a job takes {name} from the source job")));
+                }
+            }
+            if let Some(Value::String(model)) = fields.get("model") {
+                if *model != source.model {
+                    return Err(ApiError::validation("model", "an edit of a job uses the source job's model"));
+                }
+            }
+            let model = context.catalog.get(&source.model).ok_or_else(|| {
+                ApiError::validation("source", format!("the source job's model {:?} is not served here", source.model))
+            })?;
+            let inherited_u32 = |name: &str, value: u32, range| -> Result<u32, ApiError> {
+                let requested = ranged_u32(fields, name, range, value)?;
+                if requested != value {
+                    return Err(ApiError::validation(name, format!("an edit of a job uses the source job's {name} ({value})")));
+                }
+                Ok(value)
+            };
+            inherited_u32("num_inference_steps", source.num_inference_steps, model.limits.num_inference_steps)?;
+            let guidance = ranged_f64(fields, "guidance_scale", model.limits.guidance_scale, source.guidance_scale)?;
+            if guidance != source.guidance_scale {
+                return Err(ApiError::validation("guidance_scale", "an edit of a job uses the source job's guidance_scale"));
+            }
+            if seed(fields, source.seed)? != source.seed {
+                return Err(ApiError::validation("seed", "an edit of a job uses the source job's seed"));
+            }
+            GenerateSpec {
+                fps: ranged_u32(fields, "fps", model.limits.fps, source.fps)?,
+                source_prompt: Some(source_prompt.unwrap_or_else(|| source.prompt.clone())),
+                ..(**source).clone()
+            }
+        }
+        _ => {
+            let model = model_for(fields, context.catalog)?;
+            let (frames, fps, known_prompt) = match source {
+                ResolvedSource::Job { spec, .. } => (spec.num_frames, f64::from(spec.fps), spec.target_prompt.clone().or(Some(spec.prompt.clone()))),
+                ResolvedSource::Upload(upload) => (upload.num_frames, upload.fps, None),
+            };
+            let source_prompt = source_prompt.or(known_prompt).filter(|p| !p.trim().is_empty()).ok_or_else(|| {
+                ApiError::validation("source_prompt", "source_prompt is required for a video source (it guides the inversion)")
+            })?;
+            let [min_frames, max_frames] = model.limits.num_frames;
+            let most = max_frames.min(frames);
+            if most < min_frames {
+                return Err(ApiError::validation("source", format!("the source has {frames} frames; the model needs at least {min_frames}")));
+            }
+            let num_frames = ranged_u32(fields, "num_frames", [min_frames, most], most)?;
+            let (width, height) = frame_size(fields, model, model.defaults.width, model.defaults.height)?;
+            let [min_fps, max_fps] = model.limits.fps;
+            let source_fps = (fps.round() as u32).clamp(min_fps, max_fps);
+            GenerateSpec {
+                kind: JobKind::Edit,
+                model: model.id.clone(),
+                prompt: String::new(),
+                negative_prompt: String::new(),
+                num_frames,
+                width,
+                height,
+                num_inference_steps: ranged_u32(
+                    fields,
+                    "num_inference_steps",
+                    model.limits.num_inference_steps,
+                    model.defaults.num_inference_steps,
+                )?,
+                guidance_scale: ranged_f64(fields, "guidance_scale", model.limits.guidance_scale, model.defaults.guidance_scale)?,
+                seed: seed(fields, context.random_seed)?,
+                fps: ranged_u32(fields, "fps", model.limits.fps, source_fps)?,
+                attention: AttentionPlanSpec { record: RecordMode::Summary, rules: Vec::new() },
+                webhook_url: None,
+                webhook_events: Vec::new(),
+                enhance: None,
+                compare: None,
+                source: None,
+                source_prompt: Some(source_prompt),
+                target_prompt: None,
+                edit: None,
+                analyze: None,
+            }
+        }
+    };
+    let model = context
+        .catalog
+        .get(&spec.model)
+        .ok_or_else(|| ApiError::validation("model", format!("unknown model {:?}", spec.model)))?;
+    // The source branch is the edit's unmodified pass: plans may rank sites by it.
+    spec.attention = validate_plan(fields.get("attention"), &model.sites, EntropyRankSupport::Deferred)?;
+    spec.edit = Some(validate_edit(fields.get("edit"), model)?);
+    spec.kind = JobKind::Edit;
+    spec.prompt = String::new();
+    spec.source = Some(source_ref);
+    spec.target_prompt = Some(target_prompt);
+    spec.webhook_url = webhook_url;
+    spec.webhook_events = webhook_events;
+    spec.enhance = None;
+    spec.compare = None;
+    spec.analyze = None;
+    Ok(spec)
+}
+
+/// The `source` object of an edit: exactly one of `job_id`, `upload_id`.
+pub fn parse_source(fields: &Map<String, Value>) -> Result<EditSource, ApiError> {
+    let invalid = || ApiError::validation("source", "source must be {\"job_id\": \"<uuid>\"} or {\"upload_id\": \"<uuid>\"}");
+    let object = match fields.get("source") {
+        None | Some(Value::Null) => return Err(ApiError::validation("source", "source is required for an edit")),
+        Some(Value::Object(object)) if object.len() == 1 => object,
+        Some(_) => return Err(invalid()),
+    };
+    let (key, value) = object.iter().next().ok_or_else(invalid)?;
+    let id = value.as_str().and_then(|text| uuid::Uuid::parse_str(text).ok());
+    match (key.as_str(), id) {
+        ("job_id", Some(id)) => Ok(EditSource::JobId(id)),
+        ("upload_id", Some(id)) => Ok(EditSource::UploadId(id)),
+        ("job_id" | "upload_id", None) => Err(ApiError::validation(format!("source.{key}"), "must be a UUID string")),
+        _ => Err(invalid()),
+    }
+}
+
+fn frame_size(fields: &Map<String, Value>, model: &ModelDescriptor, width: u32, height: u32) -> Result<(u32, u32), ApiError> {
+    let width = ranged_u32(fields, "width", model.limits.width, width)?;
+    let height = ranged_u32(fields, "height", model.limits.height, height)?;
+    for (name, value) in [("width", width), ("height", height)] {
+        if model.size_multiple > 0 && value % model.size_multiple != 0 {
+            return Err(ApiError::validation(
+                name,
+                format!("{name} must be a multiple of {} for model {}", model.size_multiple, model.id),
+            ));
+        }
+    }
+    Ok((width, height))
+}
+
+fn seed(fields: &Map<String, Value>, default: u64) -> Result<u64, ApiError> {
+    match fields.get("seed") {
+        None | Some(Value::Null) => Ok(default),
+        Some(value) => value
+            .as_u64()
+            .ok_or_else(|| ApiError::validation("seed", "seed must be an integer in [0, 18446744073709551615]")),
+    }
 }
 
 fn parse_kind(fields: &Map<String, Value>) -> Result<JobKind, ApiError> {
@@ -241,7 +440,7 @@ mod tests {
 
     fn validate(body: Value) -> Result<GenerateSpec, ApiError> {
         let catalog = catalog();
-        validate_job_request(&body, &ValidationContext { catalog: &catalog, webhooks_enabled: true, random_seed: 77 })
+        validate_job_request(&body, &ValidationContext { catalog: &catalog, webhooks_enabled: true, random_seed: 77, edit_source: None })
     }
 
     fn field_of(body: Value) -> (ErrorCode, Option<String>) {
@@ -303,9 +502,16 @@ mod tests {
     fn kinds() {
         assert_eq!(field_of(json!({"prompt": "x"})), (ErrorCode::ValidationFailed, Some("kind".into())));
         assert_eq!(field_of(json!({"kind": "dance"})), (ErrorCode::ValidationFailed, Some("kind".into())));
-        for kind in ["enhance", "edit", "analyze"] {
-            assert_eq!(field_of(json!({"kind": kind, "prompt": "x"})), (ErrorCode::UnsupportedKind, Some("kind".into())));
-        }
+        assert_eq!(field_of(json!({"kind": "enhance"})), (ErrorCode::ValidationFailed, Some("prompt".into())));
+        assert_eq!(field_of(json!({"kind": "analyze", "prompt": "x", "compare": true})), (ErrorCode::ValidationFailed, Some("compare".into())));
+        assert_eq!(field_of(json!({"kind": "edit", "prompt": "x"})), (ErrorCode::ValidationFailed, Some("prompt".into())));
+        assert_eq!(field_of(json!({"kind": "edit", "target_prompt": "x"})), (ErrorCode::ValidationFailed, Some("source".into())));
+        assert_eq!(field_of(json!({"kind": "edit", "source": {"job_id": "x"}})), (ErrorCode::ValidationFailed, Some("source.job_id".into())));
+        let spec = validate(json!({"kind": "enhance", "prompt": "x", "compare": true})).unwrap();
+        assert_eq!(spec.enhance.as_ref().unwrap().preset, "ie_adapt");
+        assert_eq!(GenerateSpec::from_request_json(&spec.to_request_json()).unwrap(), spec);
+        let spec = validate(json!({"kind": "analyze", "prompt": "x"})).unwrap();
+        assert_eq!(spec.analyze.as_ref().unwrap().groups.len(), 2);
         assert_eq!(field_of(json!({"kind": "generate"})), (ErrorCode::ValidationFailed, Some("prompt".into())));
         assert_eq!(field_of(json!({"kind": "generate", "prompt": "  "})), (ErrorCode::ValidationFailed, Some("prompt".into())));
         assert_eq!(validate(json!([1])).unwrap_err().code, ErrorCode::ValidationFailed);
@@ -314,7 +520,7 @@ mod tests {
     #[test]
     fn webhooks_need_a_secret() {
         let catalog = catalog();
-        let context = ValidationContext { catalog: &catalog, webhooks_enabled: false, random_seed: 1 };
+        let context = ValidationContext { catalog: &catalog, webhooks_enabled: false, random_seed: 1, edit_source: None };
         let error = validate_job_request(&json!({"kind": "generate", "prompt": "x", "webhook_url": "https://example.com/h"}), &context)
             .unwrap_err();
         assert_eq!(error.field.as_deref(), Some("webhook_url"));

@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use super::backend::{BackendError, BackendProvider, RunOutput, RunProgress, VideoBackend};
+use super::backend::{BackendError, BackendProvider, JobInput, RunOutput, RunProgress, VideoBackend};
 use crate::api::{AttentionRecord, ModelDefaults, ModelDescriptor, ModelLimits, SiteDescriptor, SiteKind, Stage};
 use crate::jobs::spec::{GenerateSpec, RecordMode};
 
@@ -76,11 +76,12 @@ fn timestep(step: u32, steps: u32) -> f64 {
 impl VideoBackend for FakeBackend {
     fn run(
         &self,
-        spec: &GenerateSpec,
+        input: JobInput<'_>,
         on_progress: &mut dyn FnMut(RunProgress) -> ControlFlow<()>,
     ) -> Result<RunOutput, BackendError> {
+        let spec = input.spec;
         let steps = spec.num_inference_steps;
-        let mut report = |stage, step, total_steps| match on_progress(RunProgress { stage, step, total_steps }) {
+        let mut report = |stage, step, total_steps| match on_progress(RunProgress { stage, step, total_steps, run: 1, total_runs: 1 }) {
             ControlFlow::Continue(()) => Ok(()),
             ControlFlow::Break(()) => Err(BackendError::Cancelled),
         };
@@ -94,7 +95,7 @@ impl VideoBackend for FakeBackend {
             report(Stage::Denoising, step + 1, steps)?;
         }
         report(Stage::Decoding, steps, steps)?;
-        Ok(RunOutput { width: spec.width, height: spec.height, frames: frames(spec), records })
+        Ok(RunOutput { width: spec.width, height: spec.height, frames: frames(spec), records, ..RunOutput::default() })
     }
 }
 

@@ -8,9 +8,10 @@ pub mod fake;
 pub mod pipeline_backend;
 mod lease;
 mod runner;
+pub mod runs;
 mod video_file;
 
-pub use video_file::encode_video;
+pub use video_file::{decode_video_resized, encode_video};
 
 use std::collections::HashMap;
 use std::path::PathBuf;

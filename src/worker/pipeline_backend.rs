@@ -11,17 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use candle_core::DType;
-use entrovid_model::attention::{
-    AttentionControl, AttentionPlan, EntropyRankSupport, PlanController, RecordMode as ModelRecordMode, SiteInfo,
-    SiteKind as ModelSiteKind, SiteStepStats, StatsRecorder,
-};
 use entrovid_model::device::open_device;
-use entrovid_model::error::ModelError;
-use entrovid_model::pipeline::{GenerateParams, Progress, Stage as ModelStage, TextToVideoPipeline};
+use entrovid_model::pipeline::TextToVideoPipeline;
 
-use super::backend::{BackendError, BackendProvider, RunOutput, RunProgress, VideoBackend};
-use crate::api::{AttentionRecord, ModelDefaults, ModelDescriptor, ModelLimits, SiteDescriptor, SiteKind, Stage};
-use crate::jobs::spec::{GenerateSpec, RecordMode};
+use super::backend::{BackendError, BackendProvider, JobInput, RunOutput, RunProgress, VideoBackend};
+use super::runs::{self, api_records, generate_run, site_kind, to_u32, RunIndex, RunPlan};
+use crate::api::{JobKind, ModelDefaults, ModelDescriptor, ModelLimits, SiteDescriptor};
 
 /// Bounds the model's own info does not set.
 const MAX_INFERENCE_STEPS: u32 = 500;
@@ -53,11 +48,25 @@ impl PipelineProvider {
     /// Loads every pipeline folder (one with `model_index.json`) directly under `models_dir`
     /// onto `device`.
     pub fn scan(models_dir: &Path, device: &str, dtype: &str) -> anyhow::Result<PipelineProvider> {
+        Self::scan_matching(models_dir, device, dtype, |_| true)
+    }
+
+    /// Loads only the model folder named `model` (for tools that use one model).
+    pub fn scan_one(models_dir: &Path, model: &str, device: &str, dtype: &str) -> anyhow::Result<PipelineProvider> {
+        Self::scan_matching(models_dir, device, dtype, |path| path.file_name().is_some_and(|name| name == model))
+    }
+
+    fn scan_matching(
+        models_dir: &Path,
+        device: &str,
+        dtype: &str,
+        wanted: impl Fn(&Path) -> bool,
+    ) -> anyhow::Result<PipelineProvider> {
         let dtype = parse_dtype(dtype)?;
         let mut folders: Vec<PathBuf> = std::fs::read_dir(models_dir)
             .map_err(|e| anyhow::anyhow!("cannot read the models folder {}: {e}", models_dir.display()))?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.join("model_index.json").is_file())
+            .filter(|path| path.join("model_index.json").is_file() && wanted(path))
             .collect();
         folders.sort();
         if folders.is_empty() {
@@ -78,17 +87,7 @@ impl PipelineProvider {
     }
 }
 
-fn site_kind(kind: ModelSiteKind) -> SiteKind {
-    match kind {
-        ModelSiteKind::Spatial => SiteKind::Spatial,
-        ModelSiteKind::Cross => SiteKind::Cross,
-        ModelSiteKind::Temporal => SiteKind::Temporal,
-    }
-}
 
-fn to_u32(value: usize) -> u32 {
-    u32::try_from(value).unwrap_or(u32::MAX)
-}
 
 fn describe(id: &str, pipeline: &TextToVideoPipeline) -> ModelDescriptor {
     let info = pipeline.info();
@@ -152,112 +151,32 @@ pub struct PipelineBackend {
     pipeline: Arc<TextToVideoPipeline>,
 }
 
-fn stage(stage: ModelStage) -> Stage {
-    match stage {
-        ModelStage::EncodingText => Stage::EncodingText,
-        ModelStage::Inverting => Stage::Inverting,
-        ModelStage::Denoising => Stage::Denoising,
-        ModelStage::Decoding => Stage::Decoding,
-    }
-}
-
-fn backend_error(error: ModelError) -> BackendError {
-    match error {
-        ModelError::Cancelled => BackendError::Cancelled,
-        other => {
-            let message = other.to_string();
-            if message.to_ascii_lowercase().contains("out of memory") {
-                BackendError::OutOfMemory(message)
-            } else {
-                BackendError::Failed(message)
-            }
-        }
-    }
-}
-
 impl VideoBackend for PipelineBackend {
     fn run(
         &self,
-        spec: &GenerateSpec,
+        input: JobInput<'_>,
         on_progress: &mut dyn FnMut(RunProgress) -> ControlFlow<()>,
     ) -> Result<RunOutput, BackendError> {
-        let params = GenerateParams {
-            prompt: spec.prompt.clone(),
-            negative_prompt: spec.negative_prompt.clone(),
-            num_frames: spec.num_frames as usize,
-            width: spec.width as usize,
-            height: spec.height as usize,
-            num_inference_steps: spec.num_inference_steps as usize,
-            guidance_scale: spec.guidance_scale,
-            seed: spec.seed,
-        };
-        let mut controller = Controller::for_plan(spec, self.pipeline.sites())?;
-        let mut forward_progress = |progress: Progress| {
-            on_progress(RunProgress {
-                stage: stage(progress.stage),
-                step: to_u32(progress.step),
-                total_steps: to_u32(progress.total_steps),
-            })
-        };
-        let control = controller.as_mut().map(Controller::as_control);
-        let video = self.pipeline.generate(&params, control, &mut forward_progress).map_err(backend_error)?;
-        let records = controller
-            .map(Controller::into_records)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| AttentionRecord {
-                run: r.run.as_str().to_string(),
-                site: r.site,
-                kind: site_kind(r.kind),
-                step: to_u32(r.step),
-                timestep: r.timestep,
-                head: r.head.map(to_u32),
-                entropy: r.entropy,
-                entropy_normalized: r.entropy_normalized,
-                energy: r.energy,
-            })
-            .collect();
-        Ok(RunOutput { width: to_u32(video.width), height: to_u32(video.height), frames: video.frames, records })
-    }
-}
-
-/// What observes (and, with rules, changes) attention during a run.
-enum Controller {
-    /// Statistics only: the model's maps are left alone.
-    Recorder(StatsRecorder),
-    /// The job's plan: operators applied, statistics of the applied maps recorded.
-    Plan(PlanController),
-}
-
-impl Controller {
-    /// `None` when the job neither records nor changes anything (the fast path).
-    fn for_plan(spec: &GenerateSpec, sites: &[SiteInfo]) -> Result<Option<Controller>, BackendError> {
-        if spec.attention.rules.is_empty() {
-            return Ok(match spec.attention.record {
-                RecordMode::Summary => Some(Controller::Recorder(StatsRecorder::new(ModelRecordMode::Summary))),
-                RecordMode::PerHead => Some(Controller::Recorder(StatsRecorder::new(ModelRecordMode::PerHead))),
-                RecordMode::None => None,
-            });
-        }
-        // The API validated the plan against this model's sites; a failure here means the
-        // model changed under a queued job.
-        let invalid = |e: entrovid_model::attention::PlanError| BackendError::Failed(format!("attention plan: {e}"));
-        let plan = AttentionPlan::from_json(&spec.attention.to_json()).map_err(invalid)?;
-        let validated = plan.validate(sites, EntropyRankSupport::Refused).map_err(invalid)?;
-        Ok(Some(Controller::Plan(PlanController::new(validated).map_err(invalid)?)))
-    }
-
-    fn as_control(&mut self) -> &mut dyn AttentionControl {
-        match self {
-            Controller::Recorder(recorder) => recorder,
-            Controller::Plan(plan) => plan,
-        }
-    }
-
-    fn into_records(self) -> Vec<SiteStepStats> {
-        match self {
-            Controller::Recorder(recorder) => recorder.into_records(),
-            Controller::Plan(plan) => plan.into_records(),
+        let (pipeline, spec) = (self.pipeline.as_ref(), input.spec);
+        let mut on_progress = on_progress;
+        match spec.kind {
+            JobKind::Generate => {
+                let one = RunIndex { run: 1, total_runs: 1 };
+                let run = generate_run(pipeline, spec, &RunPlan::of(spec), None, one, &mut on_progress)?;
+                Ok(RunOutput {
+                    width: to_u32(run.video.width),
+                    height: to_u32(run.video.height),
+                    records: api_records(&run.stats, None),
+                    frames: run.video.frames,
+                    ..RunOutput::default()
+                })
+            }
+            JobKind::Enhance => runs::enhance::run(pipeline, spec, &mut on_progress),
+            JobKind::Analyze => runs::analyze::run(pipeline, spec, &mut on_progress),
+            JobKind::Edit => {
+                let source = input.edit_source.ok_or_else(|| BackendError::Failed("an edit without its source".into()))?;
+                runs::edit::run(pipeline, spec, source, &mut on_progress)
+            }
         }
     }
 }

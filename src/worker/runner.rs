@@ -6,13 +6,13 @@ use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::backend::{BackendError, RunOutput, RunProgress, VideoBackend};
+use super::backend::{BackendError, EditSourceMaterial, JobInput, NamedVideo, RunOutput, RunProgress, VideoBackend};
 use super::lease::LeaseKeeper;
-use super::video_file::encode_video;
+use super::video_file::{decode_video_resized, encode_video};
 use super::WorkerContext;
-use crate::api::{AttentionRecords, JobError, JobProgress, JobStatus, Stage};
+use crate::api::{AttentionRecords, JobError, JobKind, JobProgress, JobStatus, Stage};
 use crate::artifacts::ArtifactKey;
-use crate::jobs::spec::GenerateSpec;
+use crate::jobs::spec::{EditSource, GenerateSpec};
 use crate::store::{now_millis, Finish, JobRecord, LeaseState};
 
 /// Names of the artifacts a generation writes (and lists under `outputs`).
@@ -100,6 +100,10 @@ impl Runner<'_> {
             Ok(spec) => spec,
             Err(error) => return Ok(failed("invalid_request", format!("the stored request cannot be read: {error}"))),
         };
+        let edit_source = match self.edit_source(&spec) {
+            Ok(source) => source,
+            Err(error) => return Ok(failed(error.job_error_code(), error.to_string())),
+        };
         let context = self.context;
         let backend = match self.backends.entry(spec.model.clone()) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
@@ -129,6 +133,8 @@ impl Runner<'_> {
             }
         };
         let mut stopped_by: Option<Interruption> = None;
+        // The run counter of the last progress report, kept for the final encoding stage.
+        let mut runs = (1, 1);
         let mut last_step = Instant::now();
         let mut on_progress = |progress: RunProgress| -> ControlFlow<()> {
             if let Some(reason) = interruption() {
@@ -145,9 +151,10 @@ impl Runner<'_> {
                 stage: progress.stage,
                 step: progress.step,
                 total_steps: progress.total_steps,
-                run: 1,
-                total_runs: 1,
+                run: progress.run,
+                total_runs: progress.total_runs,
             };
+            runs = (progress.run, progress.total_runs);
             match context.runtime.block_on(context.store.update_progress(job.id, self.worker, progress, now_millis())) {
                 Ok(LeaseState::Held { cancel_requested: true }) => {
                     stopped_by = Some(Interruption::Canceled);
@@ -162,7 +169,8 @@ impl Runner<'_> {
             }
             ControlFlow::Continue(())
         };
-        let result = backend.run(&spec, &mut on_progress);
+        let input = JobInput { spec: &spec, edit_source: edit_source.as_ref() };
+        let result = backend.run(input, &mut on_progress);
         drop(on_progress);
         let output = match result {
             Ok(output) => output,
@@ -172,7 +180,13 @@ impl Runner<'_> {
         if let Some(reason) = interruption() {
             return Err(reason);
         }
-        let encoding = JobProgress { stage: Stage::EncodingVideo, step: spec.num_inference_steps, total_steps: spec.num_inference_steps, run: 1, total_runs: 1 };
+        let encoding = JobProgress {
+            stage: Stage::EncodingVideo,
+            step: spec.num_inference_steps,
+            total_steps: spec.num_inference_steps,
+            run: runs.0,
+            total_runs: runs.1,
+        };
         let _ = context.runtime.block_on(context.store.update_progress(job.id, self.worker, encoding, now_millis()));
         context.notifier.job_changed(job.id);
         let outcome = self.store_outputs(job, &spec, output);
@@ -180,7 +194,43 @@ impl Runner<'_> {
         Ok(outcome)
     }
 
-    /// Writes the MP4 and the statistics; any failure here fails the job.
+    /// The source of an edit, read from the store and the artifact store: a generate job to
+    /// regenerate (with its statistics), or a video decoded and resized to the edit's size.
+    fn edit_source(&self, spec: &GenerateSpec) -> Result<Option<EditSourceMaterial>, BackendError> {
+        let Some(source) = &spec.source else {
+            return Ok(None);
+        };
+        let context = self.context;
+        let lookup = |what: &str, error: &dyn std::fmt::Display| BackendError::Failed(format!("reading the source {what}: {error}"));
+        let key = match source {
+            EditSource::JobId(id) => {
+                let record = context
+                    .runtime
+                    .block_on(context.store.get_job(*id))
+                    .map_err(|e| lookup("job", &e))?
+                    .ok_or_else(|| BackendError::Failed("the source job no longer exists".into()))?;
+                if record.kind == JobKind::Generate {
+                    let source_spec = GenerateSpec::from_request_json(&record.request).map_err(|e| lookup("job", &e))?;
+                    let records = context.runtime.block_on(context.store.attention(*id)).map_err(|e| lookup("statistics", &e))?;
+                    return Ok(Some(EditSourceMaterial::Regenerate { spec: Box::new(source_spec), records }));
+                }
+                ArtifactKey::job(*id, VIDEO_ARTIFACT).map_err(|e| lookup("video", &e))?
+            }
+            EditSource::UploadId(id) => ArtifactKey::upload(*id),
+        };
+        let path = context.artifacts.local_path(&key).map_err(|e| lookup("video", &e))?;
+        let frames = decode_video_resized(&path, spec.width, spec.height, spec.num_frames).map_err(BackendError::InvalidVideo)?;
+        if frames.len() != spec.num_frames as usize {
+            return Err(BackendError::InvalidVideo(format!(
+                "the source has {} decodable frames; the edit needs {}",
+                frames.len(),
+                spec.num_frames
+            )));
+        }
+        Ok(Some(EditSourceMaterial::Video { width: spec.width, height: spec.height, frames }))
+    }
+
+    /// Writes the videos, files and statistics; any failure here fails the job.
     fn store_outputs(&self, job: &JobRecord, spec: &GenerateSpec, output: RunOutput) -> Finish {
         let context = self.context;
         let internal = |what: &str, error: &dyn std::fmt::Display| {
@@ -190,19 +240,32 @@ impl Runner<'_> {
         if let Err(error) = std::fs::create_dir_all(&context.scratch_dir) {
             return internal("could not create the scratch folder", &error);
         }
-        let scratch = context.scratch_dir.join(format!("{}-{}.mp4", job.id, uuid::Uuid::new_v4().simple()));
-        if let Err(error) = encode_video(&output.frames, output.width, output.height, spec.fps, &scratch) {
+        let main = NamedVideo { name: VIDEO_ARTIFACT.to_string(), width: output.width, height: output.height, frames: output.frames };
+        let mut outputs = Vec::new();
+        for video in std::iter::once(&main).chain(&output.videos) {
+            let scratch = context.scratch_dir.join(format!("{}-{}.mp4", job.id, uuid::Uuid::new_v4().simple()));
+            if let Err(error) = encode_video(&video.frames, video.width, video.height, spec.fps, &scratch) {
+                let _ = std::fs::remove_file(&scratch);
+                return failed("video_encoding_failed", error);
+            }
+            let stored = ArtifactKey::job(job.id, &video.name).map_err(|e| e.to_string()).and_then(|key| {
+                context.artifacts.put_file(&key, &scratch).map_err(|e| e.to_string())
+            });
             let _ = std::fs::remove_file(&scratch);
-            return failed("video_encoding_failed", error);
+            if let Err(error) = stored {
+                return internal("could not store a video", &error);
+            }
+            outputs.push(video.name.clone());
         }
-        let stored = ArtifactKey::job(job.id, VIDEO_ARTIFACT).map_err(|e| e.to_string()).and_then(|key| {
-            context.artifacts.put_file(&key, &scratch).map_err(|e| e.to_string())
-        });
-        let _ = std::fs::remove_file(&scratch);
-        if let Err(error) = stored {
-            return internal("could not store the video", &error);
+        for file in &output.files {
+            let stored = ArtifactKey::job(job.id, &file.name)
+                .map_err(|e| e.to_string())
+                .and_then(|key| context.artifacts.put_bytes(&key, &file.bytes).map_err(|e| e.to_string()));
+            if let Err(error) = stored {
+                return internal("could not store an output file", &error);
+            }
+            outputs.push(file.name.clone());
         }
-        let mut outputs = vec![VIDEO_ARTIFACT.to_string()];
         if spec.attention.record != crate::jobs::spec::RecordMode::None {
             let records = AttentionRecords { records: output.records };
             let json = match serde_json::to_vec(&records) {

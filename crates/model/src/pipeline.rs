@@ -8,7 +8,7 @@ pub mod sampling;
 mod text_to_video;
 
 pub use frames::{rgb_frames, video_to_images};
-pub use sampling::{Denoiser, Guidance};
+pub use sampling::{Anchor, Denoiser, Guidance};
 pub use text_to_video::TextToVideoPipeline;
 
 /// Everything a generation request decides. The server fills in the model's defaults
@@ -26,6 +26,26 @@ pub struct GenerateParams {
     pub guidance_scale: f64,
     /// Seeds [`crate::noise::seeded_normal`] for the initial latents.
     pub seed: u64,
+}
+
+/// What an edit decides besides its start latents and injection; the server fills in the
+/// source's (or the model's) settings before calling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EditParams {
+    pub source_prompt: String,
+    pub target_prompt: String,
+    /// Conditions the unconditional branch of both runs ("" for none).
+    pub negative_prompt: String,
+    pub num_inference_steps: usize,
+    /// ≤ 1 runs the conditional branches only.
+    pub guidance_scale: f64,
+}
+
+/// The two videos of an edit: the source run's and the target run's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditedVideos {
+    pub source: Video,
+    pub target: Video,
 }
 
 /// The phase a run is in.

@@ -177,15 +177,18 @@ fn video_encodes_to_scaled_posterior_means_and_inverts() {
     assert!(diff < 1e-5, "{diff}");
 
     let mut stages = Vec::new();
-    let noisy = pipeline
+    let trajectory = pipeline
         .invert(latents.clone(), "a panda", 3, 1.0, None, &mut |p| {
             stages.push(p.stage);
             ControlFlow::Continue(())
         })
         .unwrap();
+    assert_eq!(trajectory.len(), 4);
+    assert_eq!(max_abs_diff(&trajectory[0], &latents), 0.0);
+    let noisy = trajectory.last().unwrap();
     assert_eq!(noisy.dims(), latents.dims());
     assert_eq!(stages, vec![Stage::Inverting; 3]);
-    let moved = max_abs_diff(&noisy, &latents);
+    let moved = max_abs_diff(noisy, &latents);
     assert!(moved > 0.0);
 }
 

@@ -1,7 +1,8 @@
 //! Attention sites, the controller through which they are observed and changed, the operators
-//! that replace attention maps, their statistics, and attention plans.
+//! that replace attention maps, their statistics, attention plans, and map injection for edits.
 
 pub mod control;
+pub mod inject;
 pub mod ops;
 pub mod plan;
 pub mod site;
@@ -10,7 +11,11 @@ pub mod stats;
 pub use control::{
     AttentionCall, AttentionControl, BatchRole, Branch, ForwardCtx, RunRole, StepInfo,
 };
+pub use inject::{InjectingControl, Injection};
 pub use ops::{default_attention, MapOp};
-pub use plan::{AttentionPlan, EntropyRankSupport, PlanController, PlanError, ValidatedPlan};
+pub use plan::{
+    AttentionPlan, BranchSelector, EntropyRankSupport, PlanController, PlanError, StepWindow,
+    ValidatedPlan,
+};
 pub use site::{SiteInfo, SiteKind};
 pub use stats::{RecordMode, SiteStepStats, StatsRecorder};

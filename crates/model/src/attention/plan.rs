@@ -198,13 +198,23 @@ impl AttentionPlan {
                     "selects no attention site of this model",
                 ));
             }
-            if rule.op == MapOp::Identity {
+            // Operators defined only on square maps (as many queries as keys), with a hint on
+            // how to keep cross-attention out of the rule.
+            let square_only = match rule.op {
+                MapOp::Identity => Some(("identity", "restrict the rule with \"kind\"")),
+                MapOp::CrossFrameScale { .. } => Some((
+                    "cross_frame_scale",
+                    "it is designed for temporal attention: restrict the rule with \"kind\": \"temporal\"",
+                )),
+                _ => None,
+            };
+            if let Some((op_name, hint)) = square_only {
                 if let Some(cross) = matched.iter().find(|site| site.kind == SiteKind::Cross) {
                     return Err(PlanError::new(
                         format!("{path}.op"),
                         format!(
-                            "identity needs a square attention map, and cross-attention site `{}` is not \
-                             square (restrict the rule with \"kind\")",
+                            "{op_name} needs a square attention map, and cross-attention site `{}` is \
+                             not square ({hint})",
                             cross.id
                         ),
                     ));
@@ -320,6 +330,11 @@ impl ValidatedPlan {
                     && rule.sites.contains(site_id)
             })
             .map(|rule| rule.op)
+    }
+
+    /// The sites rule `index` applies to (its candidates until an entropy rank is resolved).
+    pub fn rule_sites(&self, index: usize) -> Option<&HashSet<String>> {
+        self.rules.get(index).map(|rule| &rule.sites)
     }
 
     /// Whether some rule still waits for the statistics of an unmodified pass.
@@ -581,7 +596,10 @@ fn parse_op(value: &Value, path: &str) -> Result<MapOp, PlanError> {
             reject_unknown(op, &["type", "lambda"], path)?;
             let lambda = required_number(op, "lambda", path)?;
             if !(0.0..=1.0).contains(&lambda) {
-                return Err(PlanError::new(format!("{path}.lambda"), "must be between 0 and 1"));
+                return Err(PlanError::new(
+                    format!("{path}.lambda"),
+                    "must be between 0 and 1",
+                ));
             }
             Ok(MapOp::MixUniform { lambda })
         }
@@ -589,13 +607,41 @@ fn parse_op(value: &Value, path: &str) -> Result<MapOp, PlanError> {
             reject_unknown(op, &["type", "tau"], path)?;
             let tau = required_number(op, "tau", path)?;
             if !(tau.is_finite() && tau > 0.0) {
-                return Err(PlanError::new(format!("{path}.tau"), "must be a number greater than 0"));
+                return Err(PlanError::new(
+                    format!("{path}.tau"),
+                    "must be a number greater than 0",
+                ));
             }
             Ok(MapOp::Temperature { tau })
         }
+        "target_entropy" => {
+            reject_unknown(op, &["type", "normalized"], path)?;
+            let normalized = required_number(op, "normalized", path)?;
+            if !(normalized > 0.0 && normalized <= 1.0) {
+                return Err(PlanError::new(
+                    format!("{path}.normalized"),
+                    "must be greater than 0 and at most 1",
+                ));
+            }
+            Ok(MapOp::TargetEntropy { normalized })
+        }
+        "cross_frame_scale" => {
+            reject_unknown(op, &["type", "weight"], path)?;
+            let weight = required_number(op, "weight", path)?;
+            if !(weight.is_finite() && weight >= 0.0) {
+                return Err(PlanError::new(
+                    format!("{path}.weight"),
+                    "must be a number of at least 0",
+                ));
+            }
+            Ok(MapOp::CrossFrameScale { weight })
+        }
         other => Err(PlanError::new(
             type_path,
-            format!("unknown operator `{other}`; expected identity, uniform, mix_uniform or temperature"),
+            format!(
+                "unknown operator `{other}`; expected identity, uniform, mix_uniform, temperature, \
+                 target_entropy or cross_frame_scale"
+            ),
         )),
     }
 }
@@ -834,6 +880,87 @@ mod tests {
     }
 
     #[test]
+    fn parses_target_entropy_and_cross_frame_scale() {
+        let value = json!({"rules": [
+            {"sites": {"kind": "spatial"}, "op": {"type": "target_entropy", "normalized": 0.7}},
+            {"sites": {"kind": "temporal"}, "op": {"type": "cross_frame_scale", "weight": 2}}
+        ]});
+        let plan = parse(value).unwrap();
+        assert_eq!(plan.rules[0].op, MapOp::TargetEntropy { normalized: 0.7 });
+        assert_eq!(plan.rules[1].op, MapOp::CrossFrameScale { weight: 2.0 });
+        assert_eq!(
+            serde_json::to_value(plan.rules[0].op).unwrap(),
+            json!({"type": "target_entropy", "normalized": 0.7})
+        );
+        assert_eq!(
+            serde_json::to_value(plan.rules[1].op).unwrap(),
+            json!({"type": "cross_frame_scale", "weight": 2.0})
+        );
+        assert_eq!(parse(serde_json::to_value(&plan).unwrap()).unwrap(), plan);
+        let edges = parse(json!({"rules": [
+            {"sites": {}, "op": {"type": "target_entropy", "normalized": 1}},
+            {"sites": {}, "op": {"type": "cross_frame_scale", "weight": 0}}
+        ]}))
+        .unwrap();
+        assert_eq!(edges.rules[0].op, MapOp::TargetEntropy { normalized: 1.0 });
+        assert_eq!(edges.rules[1].op, MapOp::CrossFrameScale { weight: 0.0 });
+    }
+
+    #[test]
+    fn target_entropy_and_cross_frame_scale_errors_carry_field_paths() {
+        let op =
+            |op: serde_json::Value| json!({"rules": [{"sites": {"kind": "temporal"}, "op": op}]});
+        for normalized in [
+            json!(0),
+            json!(-0.5),
+            json!(1.01),
+            json!("high"),
+            json!(null),
+        ] {
+            assert_eq!(
+                error_field(parse(op(
+                    json!({"type": "target_entropy", "normalized": normalized})
+                ))),
+                "attention.rules[0].op.normalized",
+                "{normalized}"
+            );
+        }
+        for weight in [json!(-1), json!("2"), json!(null)] {
+            assert_eq!(
+                error_field(parse(op(
+                    json!({"type": "cross_frame_scale", "weight": weight})
+                ))),
+                "attention.rules[0].op.weight",
+                "{weight}"
+            );
+        }
+        assert_eq!(
+            error_field(parse(op(
+                json!({"type": "target_entropy", "normalized": 0.5, "tau": 2})
+            ))),
+            "attention.rules[0].op.tau"
+        );
+        assert_eq!(
+            error_field(parse(op(
+                json!({"type": "cross_frame_scale", "weight": 1, "lambda": 0.1})
+            ))),
+            "attention.rules[0].op.lambda"
+        );
+        let unknown = parse(op(json!({"type": "enhance"}))).unwrap_err();
+        assert_eq!(unknown.field, "attention.rules[0].op.type");
+        for name in [
+            "identity",
+            "uniform",
+            "mix_uniform",
+            "temperature",
+            "target_entropy",
+            "cross_frame_scale",
+        ] {
+            assert!(unknown.message.contains(name), "{}", unknown.message);
+        }
+    }
+
+    #[test]
     fn validation_checks_sites_and_operators() {
         let rule = |sites: serde_json::Value, op: serde_json::Value| json!({"rules": [{"sites": sites, "op": op}]});
         let uniform = json!({"type": "uniform"});
@@ -879,6 +1006,28 @@ mod tests {
         validate(rule(
             json!({"stage": "mid", "kind": "spatial"}),
             json!({"type": "identity"}),
+        ))
+        .unwrap();
+        let cross_frame = json!({"type": "cross_frame_scale", "weight": 1.0});
+        let refused = validate(rule(json!({"stage": "mid"}), cross_frame.clone())).unwrap_err();
+        assert_eq!(refused.field, "attention.rules[0].op");
+        assert!(
+            refused.message.contains("square") && refused.message.contains("temporal"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(
+            error_field(validate(rule(
+                json!({"kind": "cross"}),
+                cross_frame.clone()
+            ))),
+            "attention.rules[0].op"
+        );
+        validate(rule(json!({"kind": "temporal"}), cross_frame)).unwrap();
+        // target_entropy needs no square map.
+        validate(rule(
+            json!({"kind": "cross"}),
+            json!({"type": "target_entropy", "normalized": 0.9}),
         ))
         .unwrap();
     }

@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use candle_core::{DType, Tensor};
 
 use super::{Progress, Stage};
-use crate::attention::{AttentionControl, BatchRole, ForwardCtx, StepInfo};
+use crate::attention::{AttentionControl, BatchRole, Branch, ForwardCtx, RunRole, StepInfo};
 use crate::error::ModelError;
 use crate::scheduler::DdimScheduler;
 
@@ -28,28 +28,54 @@ pub trait Denoiser {
     fn dtype(&self) -> DType;
 }
 
-/// The text conditioning of one run and how its guidance branches are batched.
+/// The text conditioning of the runs denoised together and how their guidance branches are
+/// batched: one run for generation, two (source and target) for an edit.
 pub struct Guidance {
-    /// [1, L, D] (conditional only) or [2, L, D] (unconditional first, diffusers' order).
+    /// [R·b, L, D], run-major: per run (uncond, cond) when guided (diffusers' order), else cond.
     embeddings: Tensor,
     /// `Some(g)` when both branches run: noise = uncond + g · (cond − uncond).
     scale: Option<f64>,
     roles: Vec<BatchRole>,
+    runs: usize,
 }
 
 impl Guidance {
     /// `cond` and `uncond` are [1, L, D]. A `guidance_scale` ≤ 1 runs the conditional branch only
     /// (diffusers' `do_classifier_free_guidance = guidance_scale > 1`).
     pub fn new(cond: &Tensor, uncond: &Tensor, guidance_scale: f64) -> candle_core::Result<Self> {
-        if guidance_scale > 1.0 {
-            Ok(Self {
-                embeddings: Tensor::cat(&[uncond, cond], 0)?,
-                scale: Some(guidance_scale),
-                roles: vec![BatchRole::MAIN_UNCOND, BatchRole::MAIN_COND],
-            })
-        } else {
-            Ok(Self::conditional_only(cond))
+        Self::joint(&[(RunRole::Main, cond)], uncond, guidance_scale)
+    }
+
+    /// Several runs denoised in one batch, each with its own conditional text [1, L, D] and the
+    /// shared unconditional one; latents are then [R, C, F, h, w] in the order of `runs`.
+    pub fn joint(
+        runs: &[(RunRole, &Tensor)],
+        uncond: &Tensor,
+        guidance_scale: f64,
+    ) -> candle_core::Result<Self> {
+        let guided = guidance_scale > 1.0;
+        let mut embeddings = Vec::new();
+        let mut roles = Vec::new();
+        for &(run, cond) in runs {
+            if guided {
+                embeddings.push(uncond.clone());
+                roles.push(BatchRole {
+                    branch: Branch::Uncond,
+                    run,
+                });
+            }
+            embeddings.push(cond.clone());
+            roles.push(BatchRole {
+                branch: Branch::Cond,
+                run,
+            });
         }
+        Ok(Self {
+            embeddings: Tensor::cat(&embeddings, 0)?,
+            scale: guided.then_some(guidance_scale),
+            roles,
+            runs: runs.len(),
+        })
     }
 
     /// Only the conditional branch (inversion usually runs this way).
@@ -58,10 +84,16 @@ impl Guidance {
             embeddings: cond.clone(),
             scale: None,
             roles: vec![BatchRole::MAIN_COND],
+            runs: 1,
         }
     }
 
-    /// The guided model output for `latents` [1, C, F, h, w] (f32) at `step`, in f32.
+    /// How many runs the latents hold.
+    pub fn runs(&self) -> usize {
+        self.runs
+    }
+
+    /// The guided model output for `latents` [R, C, F, h, w] (f32) at `step`, in f32.
     fn predict(
         &self,
         denoiser: &dyn Denoiser,
@@ -70,9 +102,12 @@ impl Guidance {
         control: Option<&mut dyn AttentionControl>,
     ) -> candle_core::Result<Tensor> {
         let batch = self.roles.len();
+        let branches = batch / self.runs.max(1);
         let input = latents.to_dtype(denoiser.dtype())?;
-        let input = if batch > 1 {
-            Tensor::cat(&vec![&input; batch], 0)?
+        let input = if branches > 1 {
+            // Each run's latents once per branch: rows 0,0,1,1,...
+            let rows: Vec<u32> = (0..batch).map(|row| (row / branches) as u32).collect();
+            input.index_select(&Tensor::new(rows, latents.device())?, 0)?
         } else {
             input
         };
@@ -85,17 +120,31 @@ impl Guidance {
         match self.scale {
             None => Ok(output),
             Some(scale) => {
-                let uncond = output.narrow(0, 0, 1)?;
-                let cond = output.narrow(0, 1, 1)?;
+                let pick = |offset: usize| -> candle_core::Result<Tensor> {
+                    let rows: Vec<u32> = (0..self.runs).map(|run| (run * 2 + offset) as u32).collect();
+                    output.index_select(&Tensor::new(rows, latents.device())?, 0)
+                };
+                let (uncond, cond) = (pick(0)?, pick(1)?);
                 &uncond + ((cond - &uncond)? * scale)?
             }
         }
     }
 }
 
-/// Denoises `latents` [1, C, F, h, w] (f32) over the DDIM schedule of `num_inference_steps`,
-/// reporting progress after every step; `Break` from `on_progress` stops with
-/// [`ModelError::Cancelled`].
+/// Keeps one run of a joint denoising on a known path: after every step that run's latents are
+/// replaced by the inversion trajectory's, and every other run moves by the same correction
+/// ("direct inversion", Ju et al. 2023). An edit of an inverted video whose target prompt equals
+/// its source prompt then reconstructs the video, whatever the guidance scale.
+pub struct Anchor<'a> {
+    /// The inversion's latents [1, C, F, h, w]: clean first, then after each inversion step.
+    pub trajectory: &'a [Tensor],
+    /// The batch run (index into the latents' first dimension) that follows the trajectory.
+    pub run: usize,
+}
+
+/// Denoises `latents` [R, C, F, h, w] (f32, one row per run of `guidance`) over the DDIM
+/// schedule of `num_inference_steps`, reporting progress after every step; `Break` from
+/// `on_progress` stops with [`ModelError::Cancelled`].
 pub fn denoise(
     denoiser: &dyn Denoiser,
     scheduler: &DdimScheduler,
@@ -105,7 +154,47 @@ pub fn denoise(
     control: Option<&mut dyn AttentionControl>,
     on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
 ) -> Result<Tensor, ModelError> {
+    denoise_anchored(
+        denoiser,
+        scheduler,
+        latents,
+        guidance,
+        num_inference_steps,
+        control,
+        None,
+        on_progress,
+    )
+}
+
+/// [`denoise`], with one run optionally held on an inversion trajectory of
+/// `num_inference_steps` + 1 latents.
+#[allow(clippy::too_many_arguments)]
+pub fn denoise_anchored(
+    denoiser: &dyn Denoiser,
+    scheduler: &DdimScheduler,
+    latents: Tensor,
+    guidance: &Guidance,
+    num_inference_steps: usize,
+    control: Option<&mut dyn AttentionControl>,
+    anchor: Option<Anchor>,
+    on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+) -> Result<Tensor, ModelError> {
     let timesteps = scheduler.timesteps(num_inference_steps)?;
+    if let Some(anchor) = &anchor {
+        if anchor.trajectory.len() != timesteps.len() + 1 || anchor.run >= guidance.runs() {
+            return Err(ModelError::invalid_params(
+                "anchor",
+                format!(
+                    "an inversion trajectory of {} latents for run {} does not fit {} steps of {} runs",
+                    anchor.trajectory.len(),
+                    anchor.run,
+                    timesteps.len(),
+                    guidance.runs()
+                ),
+            ));
+        }
+    }
+    let last = timesteps.len();
     run_steps(
         Stage::Denoising,
         &timesteps,
@@ -114,19 +203,28 @@ pub fn denoise(
         on_progress,
         |latents, step, control| {
             let output = guidance.predict(denoiser, latents, step, control)?;
-            scheduler.step(
+            let next = scheduler.step(
                 &output,
                 step.timestep as usize,
                 latents,
                 num_inference_steps,
-            )
+            )?;
+            match &anchor {
+                None => Ok(next),
+                Some(anchor) => {
+                    let wanted = &anchor.trajectory[last - 1 - step.index];
+                    let correction = (wanted - next.narrow(0, anchor.run, 1)?)?;
+                    Ok(next.broadcast_add(&correction)?)
+                }
+            }
         },
     )
 }
 
 /// DDIM inversion: walks clean latents [1, C, F, h, w] (f32) up the inversion schedule of
 /// `num_inference_steps` to the noise level of its last timestep, so that [`denoise`] with the
-/// same steps and conditioning approximately reconstructs them.
+/// same steps and conditioning approximately reconstructs them. Returns the trajectory: the clean
+/// latents, then the latents after each step (the last is the starting noise).
 pub fn invert(
     denoiser: &dyn Denoiser,
     scheduler: &DdimScheduler,
@@ -135,8 +233,9 @@ pub fn invert(
     num_inference_steps: usize,
     control: Option<&mut dyn AttentionControl>,
     on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
-) -> Result<Tensor, ModelError> {
+) -> Result<Vec<Tensor>, ModelError> {
     let timesteps = scheduler.inverse_timesteps(num_inference_steps)?;
+    let mut trajectory = vec![latents.clone()];
     run_steps(
         Stage::Inverting,
         &timesteps,
@@ -145,14 +244,17 @@ pub fn invert(
         on_progress,
         |latents, step, control| {
             let output = guidance.predict(denoiser, latents, step, control)?;
-            scheduler.inverse_step(
+            let next = scheduler.inverse_step(
                 &output,
                 step.timestep as usize,
                 latents,
                 num_inference_steps,
-            )
+            )?;
+            trajectory.push(next.clone());
+            Ok(next)
         },
-    )
+    )?;
+    Ok(trajectory)
 }
 
 /// The loop shared by denoising and inversion: one update per timestep, progress after each.
@@ -194,7 +296,7 @@ fn run_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attention::{AttentionCall, Branch};
+    use crate::attention::AttentionCall;
     use crate::scheduler::DdimConfig;
     use candle_core::Device;
     use std::cell::RefCell;
@@ -433,6 +535,8 @@ mod tests {
         .unwrap();
         assert_eq!(counting.0, 3);
         assert_eq!(stages, vec![Stage::Inverting; 3]);
+        assert_eq!(out.len(), 4);
+        let out = out.last().unwrap();
         // With a zero noise prediction each inversion step scales x by sqrt(ᾱ_next / ᾱ_current).
         let s = scheduler();
         let expected = 0.3 * (s.alpha_cumprod(667).unwrap() / s.alpha_cumprod(0).unwrap()).sqrt();

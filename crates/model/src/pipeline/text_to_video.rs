@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::sampling::{self, Denoiser, Guidance};
-use super::{frames, GenerateParams, Progress, Stage, Video};
-use crate::attention::{AttentionControl, ForwardCtx, SiteInfo};
+use super::sampling::{self, Anchor, Denoiser, Guidance};
+use super::{frames, EditParams, EditedVideos, GenerateParams, Progress, Stage, Video};
+use crate::attention::{AttentionControl, ForwardCtx, InjectingControl, Injection, RunRole, SiteInfo};
 use crate::clip::ClipTextModel;
 use crate::error::ModelError;
 use crate::model_info::{DerivedFacts, ModelInfo};
@@ -187,20 +187,26 @@ impl TextToVideoPipeline {
         negative_prompt: &str,
         guidance_scale: f64,
     ) -> Result<Guidance, ModelError> {
-        let mut ids = self.tokenizer.encode(prompt)?;
-        let guided = guidance_scale > 1.0;
-        if guided {
-            ids.extend(self.tokenizer.encode(negative_prompt)?);
-        }
-        let rows = if guided { 2 } else { 1 };
-        let ids = Tensor::from_vec(ids, (rows, self.tokenizer.max_length()), &self.device)?;
-        let embeddings = self.text_encoder.forward(&ids)?;
-        let cond = embeddings.narrow(0, 0, 1)?;
-        Ok(if guided {
-            Guidance::new(&cond, &embeddings.narrow(0, 1, 1)?, guidance_scale)?
+        if guidance_scale > 1.0 {
+            let embeddings = self.encode_texts(&[prompt, negative_prompt])?;
+            Ok(Guidance::new(
+                &embeddings.narrow(0, 0, 1)?,
+                &embeddings.narrow(0, 1, 1)?,
+                guidance_scale,
+            )?)
         } else {
-            Guidance::conditional_only(&cond)
-        })
+            Ok(Guidance::conditional_only(&self.encode_texts(&[prompt])?))
+        }
+    }
+
+    /// The text encoder's hidden states [n, L, D] for `texts`, in one batch.
+    fn encode_texts(&self, texts: &[&str]) -> Result<Tensor, ModelError> {
+        let mut ids = Vec::new();
+        for text in texts {
+            ids.extend(self.tokenizer.encode(text)?);
+        }
+        let ids = Tensor::from_vec(ids, (texts.len(), self.tokenizer.max_length()), &self.device)?;
+        Ok(self.text_encoder.forward(&ids)?)
     }
 
     /// The DDIM loop from `latents` [1, C, F, h, w] (f32).
@@ -225,9 +231,10 @@ impl TextToVideoPipeline {
     }
 
     /// DDIM inversion of clean latents [1, C, F, h, w] (f32, scaled like the UNet's) under
-    /// `prompt`, for editing: the result, denoised with the same prompt and steps, approximately
-    /// reproduces the input. Runs the conditional branch only when `guidance_scale` ≤ 1 (the usual
-    /// choice for inversion).
+    /// `prompt`, for editing: the last latents of the returned trajectory (clean latents first,
+    /// then one per step), denoised with the same prompt and steps, approximately reproduce the
+    /// input. Runs the conditional branch only when `guidance_scale` ≤ 1 (the usual choice for
+    /// inversion).
     pub fn invert(
         &self,
         latents: Tensor,
@@ -236,7 +243,7 @@ impl TextToVideoPipeline {
         guidance_scale: f64,
         control: Option<&mut dyn AttentionControl>,
         on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
-    ) -> Result<Tensor, ModelError> {
+    ) -> Result<Vec<Tensor>, ModelError> {
         let guidance = self.encode_prompts(prompt, "", guidance_scale)?;
         let denoiser = self.denoiser();
         sampling::invert(
@@ -248,6 +255,54 @@ impl TextToVideoPipeline {
             control,
             on_progress,
         )
+    }
+
+    /// Edits by denoising the source and the target together from the same `start` latents
+    /// [1, C, F, h, w] (f32): the source run with `source_prompt`, the target run with
+    /// `target_prompt`, both with the shared negative prompt, and the source's attention maps
+    /// injected into the target where `injection` says. `trajectory` (an inversion's, see
+    /// [`Self::invert`]) holds the source run on the inverted path so that it reconstructs the
+    /// inverted video. `control` sees every call after the injection (the target's injected rows
+    /// carry the source's queries and keys).
+    pub fn edit(
+        &self,
+        start: &Tensor,
+        params: &EditParams,
+        injection: Injection,
+        trajectory: Option<&[Tensor]>,
+        control: Option<&mut dyn AttentionControl>,
+        on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<EditedVideos, ModelError> {
+        let texts = self.encode_texts(&[
+            &params.source_prompt,
+            &params.target_prompt,
+            &params.negative_prompt,
+        ])?;
+        let guidance = Guidance::joint(
+            &[
+                (RunRole::Source, &texts.narrow(0, 0, 1)?),
+                (RunRole::Target, &texts.narrow(0, 1, 1)?),
+            ],
+            &texts.narrow(0, 2, 1)?,
+            params.guidance_scale,
+        )?;
+        report(on_progress, Stage::EncodingText, 1, 1)?;
+        let latents = Tensor::cat(&[start, start], 0)?;
+        let mut injecting = InjectingControl::new(injection, control);
+        let latents = sampling::denoise_anchored(
+            &self.denoiser(),
+            &self.scheduler,
+            latents,
+            &guidance,
+            params.num_inference_steps,
+            Some(&mut injecting),
+            trajectory.map(|trajectory| Anchor { trajectory, run: 0 }),
+            on_progress,
+        )?;
+        Ok(EditedVideos {
+            source: self.decode(&latents.narrow(0, 0, 1)?, on_progress)?,
+            target: self.decode(&latents.narrow(0, 1, 1)?, on_progress)?,
+        })
     }
 
     /// RGB frames → the posterior-mean latents [1, C, F, h, w] scaled for the UNet (f32), the

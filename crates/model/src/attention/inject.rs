@@ -1,0 +1,243 @@
+//! Map injection for editing: the source and target of an edit denoise in one batch, and in the
+//! chosen sites and steps the target's rows attend with the source's attention map.
+//!
+//! Both runs are in the same UNet call, so the source's map is computed and used inside that
+//! call and never stored: nothing outlives the call, whatever the number of steps or sites.
+//! Making the target attend with the source's map A_s = softmax(q_s·k_sᵀ) over its own values V_t
+//! is the same as giving the target the source's queries and keys, so the injection swaps those
+//! rows and hands the call on: the job's plan (operators, statistics) then applies unchanged.
+
+use std::collections::HashSet;
+
+use candle_core::{Result, Tensor};
+
+use super::control::{AttentionCall, AttentionControl, BatchRole, Branch, RunRole, StepInfo};
+use super::ops::default_attention;
+use super::plan::{BranchSelector, StepWindow};
+
+/// Where the source's maps replace the target's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injection {
+    /// Site ids (self-attention sites: the map must be square in both runs).
+    pub sites: HashSet<String>,
+    pub steps: StepWindow,
+    /// The guidance branch whose target rows receive the source's map (the conditional half in
+    /// Free-Prompt-Editing).
+    pub branch: BranchSelector,
+}
+
+/// Wraps the controller of an edit's plan (or none) and injects the source's maps.
+pub struct InjectingControl<'a> {
+    injection: Injection,
+    inner: Option<&'a mut dyn AttentionControl>,
+}
+
+impl<'a> InjectingControl<'a> {
+    pub fn new(injection: Injection, inner: Option<&'a mut dyn AttentionControl>) -> Self {
+        Self { injection, inner }
+    }
+
+    /// Batch items (source, target) whose rows are swapped for this call: one pair per
+    /// injected branch.
+    fn pairs(&self, step: &StepInfo, roles: &[BatchRole], site: &str) -> Vec<(usize, usize)> {
+        if !self.injection.steps.contains(step) || !self.injection.sites.contains(site) {
+            return Vec::new();
+        }
+        [Branch::Uncond, Branch::Cond]
+            .into_iter()
+            .filter(|&branch| self.injection.branch.includes(branch))
+            .filter_map(|branch| {
+                let find = |run| {
+                    roles
+                        .iter()
+                        .position(|role| *role == BatchRole { branch, run })
+                };
+                Some((find(RunRole::Source)?, find(RunRole::Target)?))
+            })
+            .collect()
+    }
+}
+
+/// `tensor` with the rows of batch item `to` replaced by those of item `from`.
+fn copy_item(tensor: &Tensor, rows_per_item: usize, from: usize, to: usize) -> Result<Tensor> {
+    let total = tensor.dim(0)?;
+    let mut parts = Vec::with_capacity(3);
+    if to > 0 {
+        parts.push(tensor.narrow(0, 0, to * rows_per_item)?);
+    }
+    parts.push(tensor.narrow(0, from * rows_per_item, rows_per_item)?);
+    let after = (to + 1) * rows_per_item;
+    if after < total {
+        parts.push(tensor.narrow(0, after, total - after)?);
+    }
+    Tensor::cat(&parts, 0)
+}
+
+impl AttentionControl for InjectingControl<'_> {
+    fn attend(
+        &mut self,
+        step: &StepInfo,
+        roles: &[BatchRole],
+        call: &AttentionCall,
+    ) -> Result<Option<Tensor>> {
+        let pairs = self.pairs(step, roles, &call.site.id);
+        if pairs.is_empty() {
+            return match self.inner.as_deref_mut() {
+                Some(inner) => inner.attend(step, roles, call),
+                None => Ok(None),
+            };
+        }
+        if call.q.dim(1)? != call.k.dim(1)? {
+            candle_core::bail!(
+                "map injection needs self-attention, and site {} attends over another sequence",
+                call.site.id
+            )
+        }
+        let rows_per_item = call.rows_per_batch_item()?;
+        let (mut q, mut k) = (call.q.clone(), call.k.clone());
+        for &(source, target) in &pairs {
+            q = copy_item(&q, rows_per_item, source, target)?;
+            k = copy_item(&k, rows_per_item, source, target)?;
+        }
+        let injected = AttentionCall {
+            q: &q,
+            k: &k,
+            ..*call
+        };
+        let out = match self.inner.as_deref_mut() {
+            Some(inner) => inner.attend(step, roles, &injected)?,
+            None => None,
+        };
+        match out {
+            Some(out) => Ok(Some(out)),
+            None => Ok(Some(default_attention(&q, &k, call.v, call.scale)?)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::{SiteInfo, SiteKind};
+    use candle_core::{DType, Device};
+
+    fn roles() -> Vec<BatchRole> {
+        [RunRole::Source, RunRole::Target]
+            .into_iter()
+            .flat_map(|run| {
+                [Branch::Uncond, Branch::Cond]
+                    .into_iter()
+                    .map(move |branch| BatchRole { branch, run })
+            })
+            .collect()
+    }
+
+    fn injection(branch: BranchSelector) -> Injection {
+        Injection {
+            sites: HashSet::from(["s".to_string()]),
+            steps: StepWindow {
+                start: 0.0,
+                end: 0.5,
+            },
+            branch,
+        }
+    }
+
+    fn step(index: usize) -> StepInfo {
+        StepInfo {
+            index,
+            num_steps: 4,
+            timestep: 1.0,
+        }
+    }
+
+    /// Batch of 4 items (source uncond/cond, target uncond/cond), 2 rows each (heads), 3 tokens.
+    fn tensors() -> (Tensor, Tensor, Tensor) {
+        let make = |offset: f32| {
+            let values: Vec<f32> = (0..4 * 2 * 3 * 2)
+                .map(|i| ((i as f32) * 0.37 + offset).sin())
+                .collect();
+            Tensor::from_vec(values, (8, 3, 2), &Device::Cpu).unwrap()
+        };
+        (make(0.0), make(1.0), make(2.0))
+    }
+
+    #[test]
+    fn target_cond_attends_with_the_source_cond_map_inside_the_window_only() {
+        let (q, k, v) = tensors();
+        let site = SiteInfo::new("s", SiteKind::Spatial, "mid");
+        let call = AttentionCall {
+            site: &site,
+            q: &q,
+            k: &k,
+            v: &v,
+            heads: 2,
+            batch: 4,
+            scale: 0.7,
+        };
+        let mut control = InjectingControl::new(injection(BranchSelector::Cond), None);
+        let out = control.attend(&step(1), &roles(), &call).unwrap().unwrap();
+        let default = default_attention(&q, &k, &v, 0.7).unwrap();
+        // Items 0..3 keep their own maps; item 3 (target cond) uses item 1's map on its own values.
+        let head = |t: &Tensor, item: usize| t.narrow(0, item * 2, 2).unwrap();
+        let expected = default_attention(&head(&q, 1), &head(&k, 1), &head(&v, 3), 0.7).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(diff(&head(&out, 3), &expected) < 1e-6);
+        for item in 0..3 {
+            assert_eq!(diff(&head(&out, item), &head(&default, item)), 0.0);
+        }
+        assert!(diff(&head(&out, 3), &head(&default, 3)) > 1e-3);
+        // Step 2 of 4 is outside [0, 0.5): nothing is changed or computed.
+        assert!(control.attend(&step(2), &roles(), &call).unwrap().is_none());
+        // Another site is untouched.
+        let other = SiteInfo::new("t", SiteKind::Spatial, "mid");
+        let call = AttentionCall {
+            site: &other,
+            ..call
+        };
+        assert!(control.attend(&step(0), &roles(), &call).unwrap().is_none());
+    }
+
+    #[test]
+    fn both_branches_swap_both_target_items() {
+        let (q, k, v) = tensors();
+        let site = SiteInfo::new("s", SiteKind::Spatial, "mid");
+        let call = AttentionCall {
+            site: &site,
+            q: &q,
+            k: &k,
+            v: &v,
+            heads: 2,
+            batch: 4,
+            scale: 1.0,
+        };
+        let mut control = InjectingControl::new(injection(BranchSelector::Both), None);
+        let out = control.attend(&step(0), &roles(), &call).unwrap().unwrap();
+        let head = |t: &Tensor, item: usize| t.narrow(0, item * 2, 2).unwrap();
+        for (source, target) in [(0, 2), (1, 3)] {
+            let expected =
+                default_attention(&head(&q, source), &head(&k, source), &head(&v, target), 1.0)
+                    .unwrap();
+            let diff = (head(&out, target) - expected)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-6);
+        }
+    }
+}
