@@ -75,7 +75,7 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ExperimentCommand {
-    /// Enhance jobs with their baseline (compare): paired measures per case.
+    /// Enhance jobs against the plain generation of the same seed: paired measures per case.
     Enhance(ExperimentEnhanceArgs),
     /// Edits of generated videos: target = source, one-word colour edits, the unguided
     /// regeneration, and optionally the upload round trip.
@@ -118,7 +118,8 @@ pub struct ExperimentCaseArgs {
 pub struct ExperimentEnhanceArgs {
     #[command(flatten)]
     pub cases: ExperimentCaseArgs,
-    /// The request's `enhance` object (preset and overrides), as JSON.
+    /// The request's `enhance` object (preset and overrides) as JSON, or an array of them to
+    /// compare against the same baselines.
     #[arg(long, default_value = "{}")]
     pub enhance: String,
 }
@@ -127,9 +128,13 @@ pub struct ExperimentEnhanceArgs {
 pub struct ExperimentEditArgs {
     #[command(flatten)]
     pub cases: ExperimentCaseArgs,
-    /// The request's `edit` object (preset and overrides), as JSON.
+    /// The request's `edit` object (preset and overrides) as JSON, or an array of them to compare
+    /// on the same sources.
     #[arg(long, default_value = "{}")]
     pub edit: String,
+    /// Also edit each source with target = source (under the first edit object).
+    #[arg(long)]
+    pub identity: bool,
     /// Also edit each source's MP4 as an upload with target = source (PSNR to the source).
     #[arg(long)]
     pub upload: bool,

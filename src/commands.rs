@@ -103,11 +103,19 @@ fn experiment(command: ExperimentCommand, models_dir: &std::path::Path, default_
     match command {
         ExperimentCommand::Enhance(args) => {
             let (cases, runner) = cases_of(&args.cases)?;
-            experiments::enhance(&runner, &cases, &json_arg(&args.enhance, "--enhance")?, &args.cases.out)
+            let configs = match json_arg(&args.enhance, "--enhance")? {
+                Value::Array(configs) => configs,
+                config => vec![config],
+            };
+            experiments::enhance(&runner, &cases, &configs, &args.cases.out)
         }
         ExperimentCommand::Edit(args) => {
             let (cases, runner) = cases_of(&args.cases)?;
-            experiments::edit(&runner, &cases, &json_arg(&args.edit, "--edit")?, args.upload, &args.cases.out)
+            let edits = match json_arg(&args.edit, "--edit")? {
+                Value::Array(edits) => edits,
+                edit => vec![edit],
+            };
+            experiments::edit(&runner, &cases, &edits, args.identity, args.upload, &args.cases.out)
         }
         ExperimentCommand::Analyze(args) => {
             let (cases, runner) = cases_of(&args)?;

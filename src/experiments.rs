@@ -15,8 +15,10 @@ use anyhow::{bail, Context};
 use entrovid_world::{sample_prompts, student_t_975, Grammar, Prompt, SlotKind, Split};
 use serde_json::{json, Value};
 
-use crate::analysis::similarity::{mean, psnr, ssim_per_frame};
-use crate::analysis::{prompt_scores, Frames};
+use crate::analysis::similarity::{mean, psnr, ssim_per_frame, temporal_consistency};
+use crate::analysis::{compare, mean_entropy_of, prompt_scores, Frames};
+use crate::jobs::plan::validate_rule_at;
+use entrovid_model::attention::EntropyRankSupport;
 use crate::api::Upload;
 use crate::jobs::validate::{validate_job_request, ResolvedSource, ValidationContext};
 use crate::jobs::ModelCatalog;
@@ -60,6 +62,15 @@ pub struct JobRunner {
 impl JobRunner {
     /// Validates `body` like `POST /v1/jobs` and runs it.
     pub fn run(&self, body: &Value, source: Option<(&ResolvedSource, &EditSourceMaterial)>) -> anyhow::Result<RunOutput> {
+        Ok(self.run_spec(body, source)?.1)
+    }
+
+    /// [`Self::run`], also returning the validated spec (defaults filled in).
+    pub fn run_spec(
+        &self,
+        body: &Value,
+        source: Option<(&ResolvedSource, &EditSourceMaterial)>,
+    ) -> anyhow::Result<(crate::jobs::spec::GenerateSpec, RunOutput)> {
         let context = ValidationContext {
             catalog: &self.catalog,
             webhooks_enabled: false,
@@ -68,7 +79,8 @@ impl JobRunner {
         };
         let spec = validate_job_request(body, &context).map_err(|e| anyhow::anyhow!("{body}: {e}"))?;
         let input = JobInput { spec: &spec, edit_source: source.map(|(_, material)| material) };
-        Ok(self.backend.run(input, &mut |_| ControlFlow::Continue(()))?)
+        let output = self.backend.run(input, &mut |_| ControlFlow::Continue(()))?;
+        Ok((spec, output))
     }
 }
 
@@ -81,22 +93,54 @@ fn file<'o>(output: &'o RunOutput, name: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&file.bytes)?)
 }
 
+/// Writes a case's PNG outputs beside the results file (`results.jsonl.p0-s1.heatmap.png`).
+fn save_images(output: &RunOutput, out: &Path, case: &str) -> anyhow::Result<()> {
+    for image in output.files.iter().filter(|f| f.bytes.starts_with(b"\x89PNG")) {
+        let path = PathBuf::from(format!("{}.{case}.{}.png", out.display(), image.name));
+        std::fs::write(&path, &image.bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn append(out: &Path, line: &Value) -> anyhow::Result<()> {
     let mut handle = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
     writeln!(handle, "{line}")?;
     Ok(())
 }
 
-/// Enhancement: each case runs the `enhance` job with `compare: true` and records the paired
-/// measures of the baseline and the enhanced run.
-pub fn enhance(runner: &JobRunner, cases: &CaseSet, enhance: &Value, out: &Path) -> anyhow::Result<()> {
+/// Enhancement: per case, the plain generation (the baseline) and an `enhance` job under each of
+/// `configs` (the request's `enhance` objects) with the same seed; per configuration the
+/// evaluator's measures, similarity to the baseline and the entropy of the targeted sites in
+/// both runs.
+pub fn enhance(runner: &JobRunner, cases: &CaseSet, configs: &[Value], out: &Path) -> anyhow::Result<()> {
     let grammar = Grammar::builtin()?;
     for (p, prompt, seed) in cases.cases(&grammar) {
         let text = prompt.text(&grammar);
-        let body = json!({"kind": "enhance", "prompt": text, "seed": seed, "compare": true, "enhance": enhance});
-        let output = runner.run(&body, None)?;
-        let report = file(&output, "report")?;
-        append(out, &json!({"prompt_index": p, "prompt": text, "seed": seed, "report": report}))?;
+        let (_, baseline) = runner.run_spec(&json!({"kind": "generate", "prompt": text, "seed": seed}), None)?;
+        let mut results = Vec::new();
+        for config in configs {
+            let body = json!({"kind": "enhance", "prompt": text, "seed": seed, "enhance": config});
+            let (spec, enhanced) = runner.run_spec(&body, None)?;
+            let settings = spec.enhance.context("an enhance job without settings")?;
+            let model = runner.catalog.get(&spec.model).context("the model left the catalog")?;
+            let targeted = validate_rule_at(&settings.as_rule(), "enhance", &model.sites, EntropyRankSupport::Refused)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            results.push(json!({
+                "config": config,
+                "scores": prompt_scores(&text, frames(&enhanced)),
+                "comparison_to_baseline": compare(frames(&enhanced), frames(&baseline))?,
+                "targeted_entropy": {
+                    "baseline": mean_entropy_of(&baseline.records, &targeted),
+                    "enhanced": mean_entropy_of(&enhanced.records, &targeted),
+                },
+            }));
+        }
+        append(out, &json!({
+            "prompt_index": p, "prompt": text, "seed": seed,
+            "baseline": {"scores": prompt_scores(&text, frames(&baseline)),
+                         "temporal_consistency": temporal_consistency(&baseline.frames, baseline.width as usize, baseline.height as usize)?},
+            "configs": results,
+        }))?;
     }
     Ok(())
 }
@@ -111,12 +155,14 @@ fn recoloured(grammar: &Grammar, prompt: &Prompt, offset: usize) -> Prompt {
     target
 }
 
-/// Editing: per case, the source generation, an edit with target = source, a one-word colour
-/// edit, the unguided regeneration with the target prompt, and (with `upload`) the edit of the
-/// source's MP4 as an upload with target = source.
-pub fn edit(runner: &JobRunner, cases: &CaseSet, edit: &Value, upload: bool, out: &Path) -> anyhow::Result<()> {
+/// Editing: per case, the source generation, the unguided regeneration with a one-word colour
+/// edit of its prompt (same seed), and that colour edit under each of `edits` (the request's
+/// `edit` objects, compared on the same sources); with `identity`, an edit with target = source
+/// under the first; with `upload`, the source's MP4 edited as an upload with target = source.
+pub fn edit(runner: &JobRunner, cases: &CaseSet, edits: &[Value], identity: bool, upload: bool, out: &Path) -> anyhow::Result<()> {
     let grammar = Grammar::builtin()?;
     let colours = grammar.vocabulary(SlotKind::Colour).len();
+    let first = edits.first().context("no edit settings to try")?;
     for (p, prompt, seed) in cases.cases(&grammar) {
         let source_text = prompt.text(&grammar);
         let target = recoloured(&grammar, &prompt, 1 + (p + seed as usize) % (colours - 1));
@@ -127,33 +173,39 @@ pub fn edit(runner: &JobRunner, cases: &CaseSet, edit: &Value, upload: bool, out
         let material = EditSourceMaterial::Regenerate { spec: Box::new(resolved.1.clone()), records: source.records.clone() };
         let source_ref = (&resolved.0, &material);
         let job_id = uuid::Uuid::nil().to_string();
-        let edit_body = |target: &str| json!({"kind": "edit", "source": {"job_id": job_id}, "target_prompt": target, "edit": edit});
-
-        let same = runner.run(&edit_body(&source_text), Some(source_ref))?;
-        let same_diff = max_abs_diff(&same.frames, &source.frames);
-        let source_branch = same.videos.iter().find(|v| v.name == "source_video").context("no source video")?;
-        let source_branch_diff = max_abs_diff(&source_branch.frames, &source.frames);
-
-        let edited = runner.run(&edit_body(&target_text), Some(source_ref))?;
-        let regenerated = runner.run(&json!({"kind": "generate", "prompt": target_text, "seed": seed}), None)?;
+        let edit_body =
+            |target: &str, edit: &Value| json!({"kind": "edit", "source": {"job_id": job_id}, "target_prompt": target, "edit": edit});
         let (w, h) = (source.width as usize, source.height as usize);
-        let ssim_edit = mean(&ssim_per_frame(&edited.frames, &source.frames, w, h)?);
-        let ssim_regenerated = mean(&ssim_per_frame(&regenerated.frames, &source.frames, w, h)?);
         let colour_under = |output: &RunOutput, text: &str| prompt_scores(text, frames(output)).and_then(|s| s.get("colour").copied());
+        let ssim_to_source = |output: &RunOutput| -> anyhow::Result<f64> { Ok(mean(&ssim_per_frame(&output.frames, &source.frames, w, h)?)) };
+
+        let regenerated = runner.run(&json!({"kind": "generate", "prompt": target_text, "seed": seed}), None)?;
+        let mut results = Vec::new();
+        for edit in edits {
+            let edited = runner.run(&edit_body(&target_text, edit), Some(source_ref))?;
+            results.push(json!({
+                "config": edit,
+                "colour_target": colour_under(&edited, &target_text),
+                "colour_source": colour_under(&edited, &source_text),
+                "ssim_to_source": ssim_to_source(&edited)?,
+                "scores": prompt_scores(&target_text, frames(&edited)),
+            }));
+        }
         let mut line = json!({
             "prompt_index": p, "seed": seed, "source_prompt": source_text, "target_prompt": target_text,
-            "identity_edit_max_abs_diff": same_diff,
-            "identity_edit_source_branch_max_abs_diff": source_branch_diff,
-            "edit_colour_target": colour_under(&edited, &target_text),
-            "edit_colour_source": colour_under(&edited, &source_text),
             "regenerated_colour_target": colour_under(&regenerated, &target_text),
-            "edit_scores": prompt_scores(&target_text, frames(&edited)),
-            "ssim_edit_to_source": ssim_edit,
-            "ssim_regenerated_to_source": ssim_regenerated,
+            "regenerated_ssim_to_source": ssim_to_source(&regenerated)?,
+            "edits": results,
         });
+        if identity {
+            let same = runner.run(&edit_body(&source_text, first), Some(source_ref))?;
+            let source_branch = same.videos.iter().find(|v| v.name == "source_video").context("no source video")?;
+            line["identity_edit_max_abs_diff"] = json!(max_abs_diff(&same.frames, &source.frames));
+            line["identity_edit_source_branch_max_abs_diff"] = json!(max_abs_diff(&source_branch.frames, &source.frames));
+            line["identity_edit_runs"] = json!(same.records.iter().map(|r| r.run.clone()).collect::<std::collections::BTreeSet<_>>());
+        }
         if upload {
-            let psnr_upload = upload_round_trip(runner, &source, &source_text)?;
-            line["upload_identity_psnr"] = json!(psnr_upload);
+            line["upload_identity_psnr"] = json!(upload_round_trip(runner, &source, &source_text)?);
         }
         append(out, &line)?;
     }
@@ -195,6 +247,7 @@ pub fn analyze(runner: &JobRunner, cases: &CaseSet, out: &Path) -> anyhow::Resul
     for (p, prompt, seed) in cases.cases(&grammar) {
         let text = prompt.text(&grammar);
         let output = runner.run(&json!({"kind": "analyze", "prompt": text, "seed": seed}), None)?;
+        save_images(&output, out, &format!("p{p}-s{seed}"))?;
         append(out, &json!({"prompt_index": p, "prompt": text, "seed": seed, "report": file(&output, "report")?}))?;
     }
     Ok(())
@@ -237,15 +290,22 @@ pub fn summarize(files: &[PathBuf]) -> anyhow::Result<Value> {
     for (name, values) in &series {
         summary.insert(name.clone(), interval(values));
     }
-    // Success rate of colour edits: the evaluator finds the target colour (≥ 0.5) and prefers
-    // it to the source colour.
-    if let (Some(target), Some(source)) = (series.get("edit_colour_target"), series.get("edit_colour_source")) {
+    // Per edit configuration: the success rate of the colour edits (the evaluator finds the
+    // target colour, ≥ 0.5, and prefers it to the source colour), and how much closer to the
+    // source's frames the edit stays than the unguided regeneration (SSIM, case by case).
+    for k in 0.. {
+        let key = |name: &str| format!("edits.{k}.{name}");
+        let (Some(target), Some(source)) = (series.get(&key("colour_target")), series.get(&key("colour_source"))) else {
+            break;
+        };
         let successes = target.iter().zip(source).filter(|(t, s)| **t >= 0.5 && t > s).count();
-        summary.insert("colour_edit_success_rate".into(), json!(successes as f64 / target.len().max(1) as f64));
-    }
-    if let (Some(edit), Some(regenerated)) = (series.get("ssim_edit_to_source"), series.get("ssim_regenerated_to_source")) {
-        let differences: Vec<f64> = edit.iter().zip(regenerated).map(|(e, r)| e - r).collect();
-        summary.insert("ssim_edit_minus_regenerated".into(), interval(&differences));
+        summary.insert(key("colour_edit_success_rate"), json!(successes as f64 / target.len().max(1) as f64));
+        if let (Some(edit), Some(regenerated)) = (series.get(&key("ssim_to_source")), series.get("regenerated_ssim_to_source")) {
+            let differences: Vec<f64> = edit.iter().zip(regenerated).map(|(e, r)| e - r).collect();
+            let better = differences.iter().filter(|d| **d > 0.0).count();
+            summary.insert(key("ssim_minus_regenerated"), interval(&differences));
+            summary.insert(key("ssim_above_regenerated_share"), json!(better as f64 / differences.len().max(1) as f64));
+        }
     }
     Ok(Value::Object(summary))
 }
@@ -262,7 +322,7 @@ fn collect_numbers(value: &Value, path: &str, series: &mut BTreeMap<String, Vec<
         }
         Value::Object(fields) => {
             for (key, child) in fields {
-                if matches!(key.as_str(), "prompt_index" | "seed" | "ssim_per_frame" | "ranking") {
+                if matches!(key.as_str(), "prompt_index" | "seed" | "ssim_per_frame" | "ranking" | "config") {
                     continue;
                 }
                 collect_numbers(child, &join(key), series);
@@ -278,20 +338,30 @@ fn collect_numbers(value: &Value, path: &str, series: &mut BTreeMap<String, Vec<
     }
 }
 
-/// For enhancement reports: enhanced − baseline of each evaluator measure and of the targeted
-/// entropy, case by case.
+/// For enhancement results: per configuration k, enhanced − baseline of each evaluator measure
+/// and of the targeted entropy, case by case (`configs.k.difference.colour`).
 fn collect_paired_differences(value: &Value, series: &mut BTreeMap<String, Vec<f64>>) {
-    let report = &value["report"];
-    if let (Some(enhanced), Some(baseline)) = (report["scores"]["enhanced"].as_object(), report["scores"]["baseline"].as_object()) {
-        for (name, after) in enhanced {
-            if let (Some(after), Some(before)) = (after.as_f64(), baseline.get(name).and_then(Value::as_f64)) {
-                series.entry(format!("difference.{name}")).or_default().push(after - before);
+    let Some(configs) = value["configs"].as_array() else {
+        return;
+    };
+    let baseline = &value["baseline"]["scores"];
+    for (k, config) in configs.iter().enumerate() {
+        if let Some(enhanced) = config["scores"].as_object() {
+            for (name, after) in enhanced {
+                if let (Some(after), Some(before)) = (after.as_f64(), baseline[name].as_f64()) {
+                    series.entry(format!("configs.{k}.difference.{name}")).or_default().push(after - before);
+                }
             }
         }
-    }
-    let entropy = &report["targeted_entropy"];
-    if let (Some(after), Some(before)) = (entropy["enhanced"].as_f64(), entropy["baseline"].as_f64()) {
-        series.entry("difference.targeted_entropy".into()).or_default().push(after - before);
+        let entropy = &config["targeted_entropy"];
+        if let (Some(after), Some(before)) = (entropy["enhanced"].as_f64(), entropy["baseline"].as_f64()) {
+            series.entry(format!("configs.{k}.difference.targeted_entropy")).or_default().push(after - before);
+        }
+        if let (Some(after), Some(before)) =
+            (config["comparison_to_baseline"]["temporal_consistency"].as_f64(), value["baseline"]["temporal_consistency"].as_f64())
+        {
+            series.entry(format!("configs.{k}.difference.temporal_consistency")).or_default().push(after - before);
+        }
     }
 }
 
@@ -302,4 +372,53 @@ pub fn load_runner(models_dir: &Path, model: &str, device: &str, dtype: &str) ->
     let catalog = crate::app::build_catalog(provider.models(), Some(model))?;
     let backend = provider.load(model, device)?;
     Ok(JobRunner { backend, catalog })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recolouring_changes_only_the_object_colour() {
+        let grammar = Grammar::builtin().unwrap();
+        let prompt = Prompt::parse(&grammar, "a red circle moving right on a dark green background").unwrap();
+        let target = recoloured(&grammar, &prompt, 1);
+        assert_ne!(target.tuple.colour, "red");
+        assert_eq!((target.tuple.shape.as_str(), target.tuple.background.as_str()), ("circle", "dark green"));
+        assert_eq!(recoloured(&grammar, &prompt, grammar.vocabulary(SlotKind::Colour).len()), prompt);
+    }
+
+    #[test]
+    fn summaries_give_intervals_success_rates_and_paired_differences() {
+        let dir = std::env::temp_dir().join(format!("entrovid-summary-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let edits = dir.join("edits.jsonl");
+        let line = |target: f64, source: f64, ssim: f64, regenerated: f64| {
+            json!({"prompt_index": 0, "seed": 0, "regenerated_ssim_to_source": regenerated,
+                   "edits": [{"config": {"steps": {"start": 0, "end": 1}}, "colour_target": target, "colour_source": source, "ssim_to_source": ssim}]})
+            .to_string()
+        };
+        let text = [line(0.9, 0.1, 0.8, 0.7), line(0.4, 0.1, 0.9, 0.7), line(0.7, 0.8, 0.6, 0.7)].join("\n");
+        std::fs::write(&edits, text).unwrap();
+        let summary = summarize(std::slice::from_ref(&edits)).unwrap();
+        assert_eq!(summary["cases"], 3);
+        // Only the first case finds the target colour (≥ 0.5) and prefers it to the source's.
+        assert!((summary["edits.0.colour_edit_success_rate"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-12);
+        let difference = &summary["edits.0.ssim_minus_regenerated"];
+        assert!((difference["mean"].as_f64().unwrap() - 0.2 / 3.0).abs() < 1e-12);
+        let [low, high] = [difference["ci95"][0].as_f64().unwrap(), difference["ci95"][1].as_f64().unwrap()];
+        assert!(low < 0.2 / 3.0 && 0.2 / 3.0 < high);
+        assert!(summary.get("edits.0.config.steps.end").is_none(), "configurations are not measures");
+
+        let enhance = dir.join("enhance.jsonl");
+        let line = json!({"baseline": {"scores": {"colour": 0.5}, "temporal_consistency": 0.9},
+                          "configs": [{"scores": {"colour": 0.75}, "comparison_to_baseline": {"temporal_consistency": 0.8},
+                                       "targeted_entropy": {"baseline": 2.0, "enhanced": 2.5}}]});
+        std::fs::write(&enhance, format!("{line}\n{line}\n")).unwrap();
+        let summary = summarize(&[enhance]).unwrap();
+        assert_eq!(summary["configs.0.difference.colour"]["mean"], json!(0.25));
+        assert_eq!(summary["configs.0.difference.targeted_entropy"]["mean"], json!(0.5));
+        assert!((summary["configs.0.difference.temporal_consistency"]["mean"].as_f64().unwrap() + 0.1).abs() < 1e-12);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
