@@ -63,7 +63,7 @@ async fn enhance_with_compare_raises_the_targeted_entropy_and_serves_both_videos
     for output in ["video", "baseline_video", "report", "attention"] {
         assert!(done["outputs"][output].is_string(), "{output} missing: {}", done["outputs"]);
     }
-    assert_eq!(done["request"]["enhance"]["sites"], json!({"kind": "spatial"}));
+    assert_eq!(done["request"]["enhance"]["sites"], json!({"kind": "temporal"}));
     assert_eq!(done["progress"]["total_runs"], 2);
     let report: Value = app.get(done["outputs"]["report"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
     let (before, after) = (report["targeted_entropy"]["baseline"].as_f64().unwrap(), report["targeted_entropy"]["enhanced"].as_f64().unwrap());
@@ -75,7 +75,7 @@ async fn enhance_with_compare_raises_the_targeted_entropy_and_serves_both_videos
         assert!(records.iter().any(|r| r["run"] == run), "no {run} records");
     }
     // Every targeted map reached the target (within the operator's 1e-3 search tolerance).
-    for record in records.iter().filter(|r| r["run"] == "main" && r["kind"] == "spatial") {
+    for record in records.iter().filter(|r| r["run"] == "main" && r["kind"] == "temporal") {
         assert!(record["entropy_normalized"].as_f64().unwrap() >= 0.99 - 2e-3, "{record}");
     }
     let baseline = frames_of(&app, done["outputs"]["baseline_video"].as_str().unwrap()).await;

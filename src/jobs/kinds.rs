@@ -19,14 +19,18 @@ const ANALYZE_OPS: &[&str] = &["identity", "uniform"];
 /// Bounds the runs of one analyze job (a baseline plus groups × ops).
 const MAX_ANALYZE_GROUPS: usize = 64;
 
-/// The preset of an edit: inject the source's maps of its lowest-entropy spatial self-attention
-/// sites into the conditional half of the target for the first part of the steps.
+/// The preset of an edit: inject the source's maps of every self-attention site (spatial and
+/// temporal `attn1`) into both guidance halves of the target for the first 80% of the steps.
+/// Measured against the entropy-ranked choice (the 4 lowest-entropy spatial sites, conditional
+/// half only) and three others on the default model, it kept the source's layout best
+/// (EXPERIMENTS.md); that model's maps are close to uniform, so ranking by entropy has little to
+/// choose from.
 pub fn edit_preset(name: &str) -> Option<EditSettings> {
     (name == IE_ADAPT).then(|| EditSettings {
         preset: IE_ADAPT.into(),
-        sites: json!({"kind": "spatial", "entropy_rank": {"lowest": 4}}),
+        sites: json!({"match": "*attn1"}),
         steps: StepRange { start: 0.0, end: 0.8 },
-        branch: "cond".into(),
+        branch: "both".into(),
         inversion_guidance_scale: 1.0,
     })
 }
@@ -34,13 +38,15 @@ pub fn edit_preset(name: &str) -> Option<EditSettings> {
 /// The presets of an enhancement: one plan rule each.
 pub fn enhance_preset(name: &str) -> Option<EnhanceSettings> {
     match name {
-        // Raise the entropy of spatial self-attention early in denoising, where layout forms.
+        // Raise the entropy of temporal attention to 98% of its maximum in the first half of
+        // denoising. Of four candidates on the tuning prompts (EXPERIMENTS.md) it was the only
+        // one that raised prompt adherence; spatial targets and a flat temperature lowered it.
         IE_ADAPT => Some(EnhanceSettings {
             preset: IE_ADAPT.into(),
-            sites: json!({"kind": "spatial"}),
+            sites: json!({"kind": "temporal"}),
             steps: StepRange { start: 0.0, end: 0.5 },
             branch: "both".into(),
-            op: json!({"type": "target_entropy", "normalized": 0.9}),
+            op: json!({"type": "target_entropy", "normalized": 0.98}),
         }),
         // Enhance-A-Video: scale temporal attention by its cross-frame intensity.
         ENHANCE_A_VIDEO => Some(EnhanceSettings {
@@ -281,7 +287,7 @@ mod tests {
     fn edit_injection_needs_self_attention_sites() {
         let model = model();
         let settings = validate_edit(None, &model).unwrap();
-        assert_eq!(settings.branch, "cond");
+        assert_eq!(settings.branch, "both");
         let error = validate_edit(Some(&json!({"sites": {"stage": "down.0"}})), &model).unwrap_err();
         assert_eq!(field(error), "edit.sites");
         let error = validate_edit(Some(&json!({"branch": "sideways"})), &model).unwrap_err();

@@ -434,6 +434,7 @@ mod tests {
             sites: vec![
                 SiteDescriptor { id: "down_blocks.0.attentions.0.transformer_blocks.0.attn1".into(), kind: SiteKind::Spatial, stage: "down.0".into() },
                 SiteDescriptor { id: "down_blocks.0.attentions.0.transformer_blocks.0.attn2".into(), kind: SiteKind::Cross, stage: "down.0".into() },
+                SiteDescriptor { id: "down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1".into(), kind: SiteKind::Temporal, stage: "down.0".into() },
             ],
         }])
     }
@@ -511,7 +512,7 @@ mod tests {
         assert_eq!(spec.enhance.as_ref().unwrap().preset, "ie_adapt");
         assert_eq!(GenerateSpec::from_request_json(&spec.to_request_json()).unwrap(), spec);
         let spec = validate(json!({"kind": "analyze", "prompt": "x"})).unwrap();
-        assert_eq!(spec.analyze.as_ref().unwrap().groups.len(), 2);
+        assert_eq!(spec.analyze.as_ref().unwrap().groups.len(), 3);
         assert_eq!(field_of(json!({"kind": "generate"})), (ErrorCode::ValidationFailed, Some("prompt".into())));
         assert_eq!(field_of(json!({"kind": "generate", "prompt": "  "})), (ErrorCode::ValidationFailed, Some("prompt".into())));
         assert_eq!(validate(json!([1])).unwrap_err().code, ErrorCode::ValidationFailed);

@@ -55,6 +55,10 @@ pub struct HeatmapStyle {
     pub cell_height: usize,
     /// Longer row labels keep their end, prefixed with "..".
     pub max_label_chars: usize,
+    /// Header of the row labels.
+    pub row_axis: String,
+    /// Title of the column axis.
+    pub column_axis: String,
 }
 
 impl Default for HeatmapStyle {
@@ -65,6 +69,8 @@ impl Default for HeatmapStyle {
             cell_width: None,
             cell_height: 10,
             max_label_chars: 64,
+            row_axis: "site".to_string(),
+            column_axis: "step".to_string(),
         }
     }
 }
@@ -264,7 +270,7 @@ impl PanelLayout {
         let label_width = labels
             .iter()
             .map(|label| text_width(label, 1))
-            .chain([text_width("site", 1)])
+            .chain([text_width(&style.row_axis, 1)])
             .max()
             .unwrap_or(0)
             + LABEL_GAP;
@@ -327,7 +333,7 @@ impl PanelLayout {
     ) {
         canvas.draw_text(left, top, &panel.title, BLACK, TITLE_SCALE);
         let header_top = top + LINE_HEIGHT * TITLE_SCALE + TITLE_GAP;
-        canvas.draw_text(left, header_top, "site", AXIS_TEXT, 1);
+        canvas.draw_text(left, header_top, &style.row_axis, AXIS_TEXT, 1);
         let grid_left = left + self.label_width;
         let grid_top = header_top + LINE_HEIGHT;
 
@@ -374,11 +380,12 @@ impl PanelLayout {
                 .max(grid_left);
             canvas.draw_text(label_left, axis_top + TICK_LENGTH + 2, &label, AXIS_TEXT, 1);
         }
-        let axis_title_left = grid_left + self.grid_width.saturating_sub(text_width("step", 1)) / 2;
+        let axis_title_left =
+            grid_left + self.grid_width.saturating_sub(text_width(&style.column_axis, 1)) / 2;
         canvas.draw_text(
             axis_title_left,
             axis_top + TICK_LENGTH + 2 + LINE_HEIGHT,
-            "step",
+            &style.column_axis,
             AXIS_TEXT,
             1,
         );

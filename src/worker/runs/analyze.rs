@@ -27,7 +27,7 @@ struct Condition {
 }
 
 impl Condition {
-    /// The run's name in statistics and the report, e.g. `uniform:spatial@down.1`.
+    /// The run's name in statistics and the report, e.g. `uniform:spatial/down.1`.
     fn run_name(&self) -> String {
         format!("{}:{}", self.op, self.label)
     }
@@ -60,11 +60,11 @@ struct Skipped {
     reason: String,
 }
 
-/// A short label of a selector: `kind@stage` when it is just that, else its JSON.
+/// A short label of a selector: `kind/stage` when it is just that, else its JSON.
 fn label(group: &Value) -> String {
     match group.as_object() {
         Some(fields) if fields.len() == 2 && fields.contains_key("kind") && fields.contains_key("stage") => {
-            format!("{}@{}", fields["kind"].as_str().unwrap_or("?"), fields["stage"].as_str().unwrap_or("?"))
+            format!("{}/{}", fields["kind"].as_str().unwrap_or("?"), fields["stage"].as_str().unwrap_or("?"))
         }
         _ => group.to_string(),
     }
@@ -86,7 +86,11 @@ fn conditions(spec: &GenerateSpec, sites: &[SiteInfo]) -> Result<(Vec<Condition>
                     condition.sites = ids;
                     runs.push(condition);
                 }
-                Err(error) => skipped.push(Skipped { group: group.clone(), op: op.clone(), reason: error.to_string() }),
+                Err(error) => skipped.push(Skipped {
+                    group: group.clone(),
+                    op: op.clone(),
+                    reason: error.to_string().trim_start_matches("generation failed: ").to_string(),
+                }),
             }
         }
     }
@@ -177,8 +181,10 @@ fn effect_heatmap(reports: &[ConditionReport], frames: usize) -> Result<Vec<u8>,
         panel.values.extend(report.comparison.ssim_per_frame.iter().map(|ssim| 1.0 - ssim));
     }
     let style = HeatmapStyle {
-        title: Some("1 - SSIM to the baseline, per frame (columns), by site group (rows)".into()),
+        title: Some("Effect of each perturbation: 1 - SSIM of each frame to the baseline".into()),
         value_range: Some((0.0, 1.0)),
+        row_axis: "site group".into(),
+        column_axis: "frame".into(),
         ..HeatmapStyle::default()
     };
     render_heatmap(&HeatmapInput { kinds: panels }, &style)

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Markdown table of `entrovid experiment analyze` results: one row per site group, the identity
+and uniform conditions side by side (effect = 1 - SSIM to the baseline, change in temporal
+consistency, change in mean normalised entropy, evaluator adherence), averaged over the cases of
+the given result files.
+
+usage: analyze_table.py results.jsonl [more.jsonl ...]
+"""
+import json
+import sys
+from collections import defaultdict
+
+
+def main(paths):
+    cells = defaultdict(lambda: defaultdict(list))
+    baseline_adherence = []
+    groups = []
+    for path in paths:
+        for line in open(path):
+            if not line.strip():
+                continue
+            report = json.loads(line)["report"]
+            scores = report["baseline"].get("scores") or {}
+            if "adherence" in scores:
+                baseline_adherence.append(scores["adherence"])
+            for condition in report["conditions"]:
+                label, op = condition["label"], condition["op"]
+                if label not in groups:
+                    groups.append(label)
+                cell = cells[(label, op)]
+                cell["effect"].append(condition["effect"])
+                cell["dtc"].append(condition["delta_temporal_consistency"])
+                if condition.get("delta_mean_normalized_entropy") is not None:
+                    cell["dh"].append(condition["delta_mean_normalized_entropy"])
+                if condition.get("scores"):
+                    cell["adherence"].append(condition["scores"]["adherence"])
+
+    def mean(values):
+        return sum(values) / len(values) if values else None
+
+    def show(value, sign=False):
+        if value is None:
+            return "–"
+        return f"{value:+.3f}" if sign else f"{value:.3f}"
+
+    print(f"baseline adherence: {show(mean(baseline_adherence))} over {len(baseline_adherence)} case(s)\n")
+    print("| site group | I effect | U effect | I ΔTC | U ΔTC | I ΔH/lnN | U ΔH/lnN | I adherence | U adherence |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label in groups:
+        i, u = cells.get((label, "identity"), {}), cells.get((label, "uniform"), {})
+        row = [label]
+        for key, sign in [("effect", False), ("dtc", True), ("dh", True), ("adherence", False)]:
+            row += [show(mean(i.get(key, [])), sign), show(mean(u.get(key, [])), sign)]
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
