@@ -105,6 +105,9 @@ pub struct ExperimentCaseArgs {
     /// Run only cases i, i+n, i+2n, ... ("i/n"), to split the work over processes.
     #[arg(long, default_value = "0/1")]
     pub shard: String,
+    /// Skip the first N cases (prompt-major, seeds inner): extends an earlier, smaller draw.
+    #[arg(long, default_value_t = 0)]
+    pub skip: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long, default_value = "f32")]

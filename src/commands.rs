@@ -89,7 +89,14 @@ fn experiment(command: ExperimentCommand, models_dir: &std::path::Path, default_
             .filter(|(i, n)| i < n)
             .ok_or_else(|| anyhow::anyhow!("--shard must be i/n with i < n, got {}", args.shard))?;
         let split = args.split.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let cases = CaseSet { split, prompts: args.prompts, prompt_seed: args.prompt_seed, seeds: args.seeds, shard: (index, count) };
+        let cases = CaseSet {
+            split,
+            prompts: args.prompts,
+            prompt_seed: args.prompt_seed,
+            seeds: args.seeds,
+            shard: (index, count),
+            skip: args.skip,
+        };
         let model = args
             .model
             .clone()

@@ -37,6 +37,9 @@ pub struct CaseSet {
     pub seeds: u64,
     /// `(i, n)`: run only the cases whose index ≡ i (mod n).
     pub shard: (usize, usize),
+    /// Cases before this index are skipped (a larger prompt draw continues a smaller one: the
+    /// first prompts of a draw do not depend on its size).
+    pub skip: usize,
 }
 
 impl CaseSet {
@@ -49,7 +52,12 @@ impl CaseSet {
             }
         }
         let (index, count) = self.shard;
-        cases.into_iter().enumerate().filter(|(i, _)| i % count.max(1) == index).map(|(_, case)| case).collect()
+        cases
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| *i >= self.skip && i % count.max(1) == index)
+            .map(|(_, case)| case)
+            .collect()
     }
 }
 
