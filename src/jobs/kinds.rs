@@ -48,13 +48,16 @@ pub fn enhance_preset(name: &str) -> Option<EnhanceSettings> {
             branch: "both".into(),
             op: json!({"type": "target_entropy", "normalized": 0.98}),
         }),
-        // Enhance-A-Video: scale temporal attention by its cross-frame intensity.
+        // Enhance-A-Video: scale temporal attention by its cross-frame intensity. Weight 0.5 is
+        // the least destructive non-trivial weight measured on the default model, whose
+        // near-uniform temporal maps make weight 0 a no-op and weight 4 ruin the video
+        // (EXPERIMENTS.md).
         ENHANCE_A_VIDEO => Some(EnhanceSettings {
             preset: ENHANCE_A_VIDEO.into(),
             sites: json!({"kind": "temporal"}),
             steps: StepRange { start: 0.0, end: 1.0 },
             branch: "both".into(),
-            op: json!({"type": "cross_frame_scale", "weight": 4.0}),
+            op: json!({"type": "cross_frame_scale", "weight": 0.5}),
         }),
         _ => None,
     }
