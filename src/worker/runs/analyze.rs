@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{api_records, generate_run, GeneratedRun, OnProgress, RunIndex, RunPlan};
-use crate::analysis::{compare, mean_normalized_entropy, prompt_scores, Comparison, Frames};
+use crate::analysis::{compare, mean_normalized_entropy, prompt_scores, Comparison };
 use crate::jobs::spec::GenerateSpec;
 use crate::media::contact_sheet::{contact_sheet, ContactSheetStyle, SheetVideo};
 use crate::media::heatmap::{render_heatmap, HeatmapInput, HeatmapStyle, Panel};
@@ -97,10 +97,6 @@ fn conditions(spec: &GenerateSpec, sites: &[SiteInfo]) -> Result<(Vec<Condition>
     Ok((runs, skipped))
 }
 
-fn frames(run: &GeneratedRun) -> Frames<'_> {
-    Frames { frames: &run.video.frames, width: run.video.width, height: run.video.height }
-}
-
 pub fn run(pipeline: &TextToVideoPipeline, spec: &GenerateSpec, on_progress: &mut OnProgress<'_>) -> Result<RunOutput, BackendError> {
     let (conditions, skipped) = conditions(spec, pipeline.sites())?;
     let total_runs = 1 + conditions.len() as u32;
@@ -115,7 +111,7 @@ pub fn run(pipeline: &TextToVideoPipeline, spec: &GenerateSpec, on_progress: &mu
         let index = RunIndex { run: i as u32 + 2, total_runs };
         let run = generate_run(pipeline, spec, &condition.plan(record), None, index, on_progress)?;
         let run_records = api_records(&run.stats, Some(&condition.run_name()));
-        let comparison = compare(frames(&run), frames(&baseline)).map_err(|e| BackendError::Failed(e.to_string()))?;
+        let comparison = compare(run.frames(), baseline.frames()).map_err(|e| BackendError::Failed(e.to_string()))?;
         let entropy = mean_normalized_entropy(&run_records);
         reports.push(ConditionReport {
             run: condition.run_name(),
@@ -127,21 +123,23 @@ pub fn run(pipeline: &TextToVideoPipeline, spec: &GenerateSpec, on_progress: &mu
             comparison,
             mean_normalized_entropy: entropy,
             delta_mean_normalized_entropy: entropy.zip(baseline_entropy).map(|(run, base)| run - base),
-            scores: prompt_scores(&spec.prompt, frames(&run)),
+            scores: prompt_scores(&spec.prompt, run.frames()),
         });
         records.extend(run_records);
         runs.push(run);
     }
     let mut ranking: Vec<&ConditionReport> = reports.iter().collect();
     ranking.sort_by(|a, b| b.effect.total_cmp(&a.effect));
-    let baseline_comparison = compare(frames(&baseline), frames(&baseline)).map_err(|e| BackendError::Failed(e.to_string()))?;
+    let (width, height) = (baseline.video.width, baseline.video.height);
+    let baseline_consistency = crate::analysis::similarity::temporal_consistency(&baseline.video.frames, width, height)
+        .map_err(|e| BackendError::Failed(e.to_string()))?;
     let report = json!({
         "prompt": spec.prompt,
         "seed": spec.seed,
         "baseline": {
-            "temporal_consistency": baseline_comparison.temporal_consistency,
+            "temporal_consistency": baseline_consistency,
             "mean_normalized_entropy": baseline_entropy,
-            "scores": prompt_scores(&spec.prompt, frames(&baseline)),
+            "scores": prompt_scores(&spec.prompt, baseline.frames()),
         },
         "conditions": reports,
         "ranking": ranking.iter().map(|r| json!({"run": r.run, "effect": r.effect})).collect::<Vec<_>>(),

@@ -7,7 +7,7 @@ use entrovid_model::pipeline::TextToVideoPipeline;
 use serde_json::json;
 
 use super::{api_records, generate_run, GeneratedRun, OnProgress, RunIndex, RunPlan};
-use crate::analysis::{compare, mean_entropy_of, prompt_scores, Frames};
+use crate::analysis::{compare, mean_entropy_of, prompt_scores };
 use crate::worker::backend::{BackendError, NamedFile, NamedVideo, RunOutput};
 use crate::jobs::spec::GenerateSpec;
 
@@ -55,10 +55,6 @@ pub fn run(pipeline: &TextToVideoPipeline, spec: &GenerateSpec, on_progress: &mu
     Ok(output)
 }
 
-fn frames(run: &GeneratedRun) -> Frames<'_> {
-    Frames { frames: &run.video.frames, width: run.video.width, height: run.video.height }
-}
-
 fn report(
     spec: &GenerateSpec,
     enhanced: &GeneratedRun,
@@ -66,7 +62,7 @@ fn report(
     targeted: &[String],
     output: &RunOutput,
 ) -> Result<Vec<u8>, BackendError> {
-    let comparison = compare(frames(enhanced), frames(baseline)).map_err(|e| BackendError::Failed(e.to_string()))?;
+    let comparison = compare(enhanced.frames(), baseline.frames()).map_err(|e| BackendError::Failed(e.to_string()))?;
     let records_of = |run: &str| output.records.iter().filter(|r| r.run == run).cloned().collect::<Vec<_>>();
     let report = json!({
         "enhance": spec.enhance,
@@ -77,8 +73,8 @@ fn report(
             "enhanced": mean_entropy_of(&records_of("main"), targeted),
         },
         "scores": {
-            "baseline": prompt_scores(&spec.prompt, frames(baseline)),
-            "enhanced": prompt_scores(&spec.prompt, frames(enhanced)),
+            "baseline": prompt_scores(&spec.prompt, baseline.frames()),
+            "enhanced": prompt_scores(&spec.prompt, enhanced.frames()),
         },
     });
     serde_json::to_vec_pretty(&report).map_err(|e| BackendError::Failed(e.to_string()))

@@ -225,6 +225,13 @@ pub struct GeneratedRun {
     pub stats: Vec<SiteStepStats>,
 }
 
+impl GeneratedRun {
+    /// The run's frames as the analysis code reads them.
+    pub fn frames(&self) -> crate::analysis::Frames<'_> {
+        crate::analysis::Frames { frames: &self.video.frames, width: self.video.width, height: self.video.height }
+    }
+}
+
 /// Generates `spec`'s video under `plan` as run `index` of the job.
 pub fn generate_run(
     pipeline: &TextToVideoPipeline,
