@@ -141,6 +141,9 @@ pub struct ExperimentEditArgs {
     /// Also edit each source's MP4 as an upload with target = source (PSNR to the source).
     #[arg(long)]
     pub upload: bool,
+    /// Skip the colour edits and their regenerations (only the target = source checks).
+    #[arg(long)]
+    pub no_colour_edits: bool,
 }
 
 #[derive(Debug, Args)]

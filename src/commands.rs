@@ -122,7 +122,8 @@ fn experiment(command: ExperimentCommand, models_dir: &std::path::Path, default_
                 Value::Array(edits) => edits,
                 edit => vec![edit],
             };
-            experiments::edit(&runner, &cases, &edits, args.identity, args.upload, &args.cases.out)
+            let checks = experiments::EditChecks { colour: !args.no_colour_edits, identity: args.identity, upload: args.upload };
+            experiments::edit(&runner, &cases, &edits, checks, &args.cases.out)
         }
         ExperimentCommand::Analyze(args) => {
             let (cases, runner) = cases_of(&args)?;

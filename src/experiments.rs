@@ -163,11 +163,21 @@ fn recoloured(grammar: &Grammar, prompt: &Prompt, offset: usize) -> Prompt {
     target
 }
 
-/// Editing: per case, the source generation, the unguided regeneration with a one-word colour
-/// edit of its prompt (same seed), and that colour edit under each of `edits` (the request's
-/// `edit` objects, compared on the same sources); with `identity`, an edit with target = source
-/// under the first; with `upload`, the source's MP4 edited as an upload with target = source.
-pub fn edit(runner: &JobRunner, cases: &CaseSet, edits: &[Value], identity: bool, upload: bool, out: &Path) -> anyhow::Result<()> {
+/// Which measurements an edit experiment makes on each source.
+#[derive(Debug, Clone, Copy)]
+pub struct EditChecks {
+    /// The unguided regeneration with a one-word colour edit of the prompt (same seed) and that
+    /// colour edit under each setting.
+    pub colour: bool,
+    /// An edit with target = source under the first setting.
+    pub identity: bool,
+    /// The source's MP4 edited as an upload with target = source.
+    pub upload: bool,
+}
+
+/// Editing: per case, the source generation, then the measurements `checks` asks for; `edits`
+/// are the request's `edit` objects, compared on the same sources.
+pub fn edit(runner: &JobRunner, cases: &CaseSet, edits: &[Value], checks: EditChecks, out: &Path) -> anyhow::Result<()> {
     let grammar = Grammar::builtin()?;
     let colours = grammar.vocabulary(SlotKind::Colour).len();
     let first = edits.first().context("no edit settings to try")?;
@@ -187,32 +197,33 @@ pub fn edit(runner: &JobRunner, cases: &CaseSet, edits: &[Value], identity: bool
         let colour_under = |output: &RunOutput, text: &str| prompt_scores(text, frames(output)).and_then(|s| s.get("colour").copied());
         let ssim_to_source = |output: &RunOutput| -> anyhow::Result<f64> { Ok(mean(&ssim_per_frame(&output.frames, &source.frames, w, h)?)) };
 
-        let regenerated = runner.run(&json!({"kind": "generate", "prompt": target_text, "seed": seed}), None)?;
-        let mut results = Vec::new();
-        for edit in edits {
-            let edited = runner.run(&edit_body(&target_text, edit), Some(source_ref))?;
-            results.push(json!({
-                "config": edit,
-                "colour_target": colour_under(&edited, &target_text),
-                "colour_source": colour_under(&edited, &source_text),
-                "ssim_to_source": ssim_to_source(&edited)?,
-                "scores": prompt_scores(&target_text, frames(&edited)),
-            }));
+        let mut line = json!({"prompt_index": p, "seed": seed, "source_prompt": source_text});
+        if checks.colour {
+            let regenerated = runner.run(&json!({"kind": "generate", "prompt": target_text, "seed": seed}), None)?;
+            let mut results = Vec::new();
+            for edit in edits {
+                let edited = runner.run(&edit_body(&target_text, edit), Some(source_ref))?;
+                results.push(json!({
+                    "config": edit,
+                    "colour_target": colour_under(&edited, &target_text),
+                    "colour_source": colour_under(&edited, &source_text),
+                    "ssim_to_source": ssim_to_source(&edited)?,
+                    "scores": prompt_scores(&target_text, frames(&edited)),
+                }));
+            }
+            line["target_prompt"] = json!(target_text);
+            line["regenerated_colour_target"] = json!(colour_under(&regenerated, &target_text));
+            line["regenerated_ssim_to_source"] = json!(ssim_to_source(&regenerated)?);
+            line["edits"] = json!(results);
         }
-        let mut line = json!({
-            "prompt_index": p, "seed": seed, "source_prompt": source_text, "target_prompt": target_text,
-            "regenerated_colour_target": colour_under(&regenerated, &target_text),
-            "regenerated_ssim_to_source": ssim_to_source(&regenerated)?,
-            "edits": results,
-        });
-        if identity {
+        if checks.identity {
             let same = runner.run(&edit_body(&source_text, first), Some(source_ref))?;
             let source_branch = same.videos.iter().find(|v| v.name == "source_video").context("no source video")?;
             line["identity_edit_max_abs_diff"] = json!(max_abs_diff(&same.frames, &source.frames));
             line["identity_edit_source_branch_max_abs_diff"] = json!(max_abs_diff(&source_branch.frames, &source.frames));
             line["identity_edit_runs"] = json!(same.records.iter().map(|r| r.run.clone()).collect::<std::collections::BTreeSet<_>>());
         }
-        if upload {
+        if checks.upload {
             line["upload_identity_psnr"] = json!(upload_round_trip(runner, &source, &source_text)?);
         }
         append(out, &line)?;

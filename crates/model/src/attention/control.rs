@@ -18,7 +18,7 @@ pub enum Branch {
 }
 
 /// Which run a batch row belongs to: "main", or "source"/"target" when an edit denoises two
-/// videos in one batch.
+/// videos together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunRole {

@@ -1,13 +1,16 @@
-//! Map injection for editing: the source and target of an edit denoise in one batch, and in the
+//! Map injection for editing: the source and target of an edit denoise together, and in the
 //! chosen sites and steps the target's rows attend with the source's attention map.
 //!
-//! Both runs are in the same UNet call, so the source's map is computed and used inside that
-//! call and never stored: nothing outlives the call, whatever the number of steps or sites.
 //! Making the target attend with the source's map A_s = softmax(q_s·k_sᵀ) over its own values V_t
 //! is the same as giving the target the source's queries and keys, so the injection swaps those
 //! rows and hands the call on: the job's plan (operators, statistics) then applies unchanged.
+//! Each step predicts the source first and the target after it (one UNet call each, see
+//! `Guidance`), so the source's call leaves its queries and keys of the injected sites here and
+//! the target's call takes them: only the current step's injected sites are held (queries and
+//! keys, smaller than the maps), on the model's device, and each is freed when the target has
+//! used it. A call that holds both runs swaps within the call and holds nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use candle_core::{Result, Tensor};
 
@@ -26,47 +29,50 @@ pub struct Injection {
     pub branch: BranchSelector,
 }
 
+/// The source's queries and keys of one batch item, waiting for the target's call.
+struct SourceRows {
+    q: Tensor,
+    k: Tensor,
+}
+
 /// Wraps the controller of an edit's plan (or none) and injects the source's maps.
 pub struct InjectingControl<'a> {
     injection: Injection,
     inner: Option<&'a mut dyn AttentionControl>,
+    /// Source rows of the current step by (site, branch), taken by the target's call.
+    pending: HashMap<(String, Branch), SourceRows>,
 }
 
 impl<'a> InjectingControl<'a> {
     pub fn new(injection: Injection, inner: Option<&'a mut dyn AttentionControl>) -> Self {
-        Self { injection, inner }
+        Self {
+            injection,
+            inner,
+            pending: HashMap::new(),
+        }
     }
 
-    /// Batch items (source, target) whose rows are swapped for this call: one pair per
-    /// injected branch.
-    fn pairs(&self, step: &StepInfo, roles: &[BatchRole], site: &str) -> Vec<(usize, usize)> {
+    /// The guidance branches injected at this site and step.
+    fn injected_branches(&self, step: &StepInfo, site: &str) -> Vec<Branch> {
         if !self.injection.steps.contains(step) || !self.injection.sites.contains(site) {
             return Vec::new();
         }
         [Branch::Uncond, Branch::Cond]
             .into_iter()
             .filter(|&branch| self.injection.branch.includes(branch))
-            .filter_map(|branch| {
-                let find = |run| {
-                    roles
-                        .iter()
-                        .position(|role| *role == BatchRole { branch, run })
-                };
-                Some((find(RunRole::Source)?, find(RunRole::Target)?))
-            })
             .collect()
     }
 }
 
-/// `tensor` with the rows of batch item `to` replaced by those of item `from`.
-fn copy_item(tensor: &Tensor, rows_per_item: usize, from: usize, to: usize) -> Result<Tensor> {
+/// `tensor` with the rows of batch item `item` replaced by `rows`.
+fn replace_item(tensor: &Tensor, rows_per_item: usize, item: usize, rows: &Tensor) -> Result<Tensor> {
     let total = tensor.dim(0)?;
     let mut parts = Vec::with_capacity(3);
-    if to > 0 {
-        parts.push(tensor.narrow(0, 0, to * rows_per_item)?);
+    if item > 0 {
+        parts.push(tensor.narrow(0, 0, item * rows_per_item)?);
     }
-    parts.push(tensor.narrow(0, from * rows_per_item, rows_per_item)?);
-    let after = (to + 1) * rows_per_item;
+    parts.push(rows.clone());
+    let after = (item + 1) * rows_per_item;
     if after < total {
         parts.push(tensor.narrow(0, after, total - after)?);
     }
@@ -80,8 +86,12 @@ impl AttentionControl for InjectingControl<'_> {
         roles: &[BatchRole],
         call: &AttentionCall,
     ) -> Result<Option<Tensor>> {
-        let pairs = self.pairs(step, roles, &call.site.id);
-        if pairs.is_empty() {
+        let site = &call.site.id;
+        let branches = self.injected_branches(step, site);
+        let item_of = |branch, run| roles.iter().position(|role| *role == BatchRole { branch, run });
+        let injected =
+            roles.iter().any(|role| role.run == RunRole::Target && branches.contains(&role.branch));
+        if branches.is_empty() {
             return match self.inner.as_deref_mut() {
                 Some(inner) => inner.attend(step, roles, call),
                 None => Ok(None),
@@ -94,10 +104,31 @@ impl AttentionControl for InjectingControl<'_> {
             )
         }
         let rows_per_item = call.rows_per_batch_item()?;
+        // The source's rows wait for the target's call (or are used right away in a joint call).
+        for &branch in &branches {
+            if let Some(item) = item_of(branch, RunRole::Source) {
+                let rows = |t: &Tensor| t.narrow(0, item * rows_per_item, rows_per_item);
+                let source = SourceRows { q: rows(call.q)?, k: rows(call.k)? };
+                self.pending.insert((site.clone(), branch), source);
+            }
+        }
+        if !injected {
+            return match self.inner.as_deref_mut() {
+                Some(inner) => inner.attend(step, roles, call),
+                None => Ok(None),
+            };
+        }
         let (mut q, mut k) = (call.q.clone(), call.k.clone());
-        for &(source, target) in &pairs {
-            q = copy_item(&q, rows_per_item, source, target)?;
-            k = copy_item(&k, rows_per_item, source, target)?;
+        for &branch in &branches {
+            let Some(item) = item_of(branch, RunRole::Target) else { continue };
+            let Some(source) = self.pending.remove(&(site.clone(), branch)) else {
+                candle_core::bail!(
+                    "map injection at {site}, step {}: the target's call came before the source's",
+                    step.index
+                )
+            };
+            q = replace_item(&q, rows_per_item, item, &source.q)?;
+            k = replace_item(&k, rows_per_item, item, &source.k)?;
         }
         let injected = AttentionCall {
             q: &q,
@@ -239,5 +270,37 @@ mod tests {
                 .unwrap();
             assert!(diff < 1e-6);
         }
+    }
+
+    #[test]
+    fn the_target_call_takes_the_source_rows_its_source_call_left() {
+        let (q, k, v) = tensors();
+        let site = SiteInfo::new("s", SiteKind::Spatial, "mid");
+        let half = |t: &Tensor, run: usize| t.narrow(0, run * 4, 4).unwrap();
+        let runs: Vec<[Tensor; 3]> = (0..2).map(|run| [half(&q, run), half(&k, run), half(&v, run)]).collect();
+        let call_of = |run: usize| AttentionCall {
+            site: &site,
+            q: &runs[run][0],
+            k: &runs[run][1],
+            v: &runs[run][2],
+            heads: 2,
+            batch: 2,
+            scale: 1.0,
+        };
+        let all_roles = roles();
+        let (source_roles, target_roles) = all_roles.split_at(2);
+        let mut control = InjectingControl::new(injection(BranchSelector::Both), None);
+        // The target's call cannot come first: the source's rows are not there yet.
+        assert!(control.attend(&step(0), target_roles, &call_of(1)).is_err());
+        // The source's own call is not changed.
+        assert!(control.attend(&step(0), source_roles, &call_of(0)).unwrap().is_none());
+        let out = control.attend(&step(0), target_roles, &call_of(1)).unwrap().unwrap();
+        let joint_call = AttentionCall { site: &site, q: &q, k: &k, v: &v, heads: 2, batch: 4, scale: 1.0 };
+        let mut joint_control = InjectingControl::new(injection(BranchSelector::Both), None);
+        let joint = joint_control.attend(&step(0), &roles(), &joint_call).unwrap().unwrap();
+        let diff = (out - half(&joint, 1)).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0);
+        // Used rows are freed: a second target call of the same step has nothing to take.
+        assert!(control.attend(&step(0), target_roles, &call_of(1)).is_err());
     }
 }

@@ -28,8 +28,8 @@ pub trait Denoiser {
     fn dtype(&self) -> DType;
 }
 
-/// The text conditioning of the runs denoised together and how their guidance branches are
-/// batched: one run for generation, two (source and target) for an edit.
+/// The text conditioning of the runs denoised together, step by step, and how each run's guidance
+/// branches are batched: one run for generation, two (source and target) for an edit.
 pub struct Guidance {
     /// [R·b, L, D], run-major: per run (uncond, cond) when guided (diffusers' order), else cond.
     embeddings: Tensor,
@@ -46,8 +46,9 @@ impl Guidance {
         Self::joint(&[(RunRole::Main, cond)], uncond, guidance_scale)
     }
 
-    /// Several runs denoised in one batch, each with its own conditional text [1, L, D] and the
-    /// shared unconditional one; latents are then [R, C, F, h, w] in the order of `runs`.
+    /// Several runs denoised together (each step predicts them in the order of `runs`), each with
+    /// its own conditional text [1, L, D] and the shared unconditional one; latents are then
+    /// [R, C, F, h, w] in the order of `runs`.
     pub fn joint(
         runs: &[(RunRole, &Tensor)],
         uncond: &Tensor,
@@ -94,40 +95,46 @@ impl Guidance {
     }
 
     /// The guided model output for `latents` [R, C, F, h, w] (f32) at `step`, in f32.
+    ///
+    /// Each run is one UNet call of its own (its branches batched), in the order of the runs, so
+    /// every run computes exactly what a generation of that run alone computes: batching runs
+    /// together changes the shapes of the matrix products and with them the rounding, which a
+    /// sensitive model amplifies over the steps. An edit's source branch thus reproduces its
+    /// source job, and a target equal to its source reproduces it too. What one run's call must
+    /// see of another's (map injection) the controller carries from call to call.
     fn predict(
         &self,
         denoiser: &dyn Denoiser,
         latents: &Tensor,
         step: StepInfo,
-        control: Option<&mut dyn AttentionControl>,
+        mut control: Option<&mut dyn AttentionControl>,
     ) -> candle_core::Result<Tensor> {
-        let batch = self.roles.len();
-        let branches = batch / self.runs.max(1);
-        let input = latents.to_dtype(denoiser.dtype())?;
-        let input = if branches > 1 {
-            // Each run's latents once per branch: rows 0,0,1,1,...
-            let rows: Vec<u32> = (0..batch).map(|row| (row / branches) as u32).collect();
-            input.index_select(&Tensor::new(rows, latents.device())?, 0)?
-        } else {
-            input
-        };
-        let timesteps = Tensor::full(step.timestep as f32, batch, latents.device())?;
+        let branches = self.roles.len() / self.runs.max(1);
         let embeddings = self.embeddings.to_dtype(denoiser.dtype())?;
-        let mut ctx = ForwardCtx::new(step, self.roles.clone(), control);
-        let output = denoiser
-            .predict(&input, &timesteps, &embeddings, &mut ctx)?
-            .to_dtype(DType::F32)?;
-        match self.scale {
-            None => Ok(output),
-            Some(scale) => {
-                let pick = |offset: usize| -> candle_core::Result<Tensor> {
-                    let rows: Vec<u32> = (0..self.runs).map(|run| (run * 2 + offset) as u32).collect();
-                    output.index_select(&Tensor::new(rows, latents.device())?, 0)
-                };
-                let (uncond, cond) = (pick(0)?, pick(1)?);
-                &uncond + ((cond - &uncond)? * scale)?
-            }
+        let timesteps = Tensor::full(step.timestep as f32, branches, latents.device())?;
+        let mut outputs = Vec::with_capacity(self.runs);
+        for run in 0..self.runs {
+            // The run's latents once per branch.
+            let input = latents.narrow(0, run, 1)?.to_dtype(denoiser.dtype())?;
+            let input = Tensor::cat(&vec![&input; branches], 0)?;
+            let roles = self.roles[run * branches..(run + 1) * branches].to_vec();
+            let control = match control.as_mut() {
+                Some(control) => Some(&mut **control as &mut dyn AttentionControl),
+                None => None,
+            };
+            let mut ctx = ForwardCtx::new(step, roles, control);
+            let output = denoiser
+                .predict(&input, &timesteps, &embeddings.narrow(0, run * branches, branches)?, &mut ctx)?
+                .to_dtype(DType::F32)?;
+            outputs.push(match self.scale {
+                None => output,
+                Some(scale) => {
+                    let (uncond, cond) = (output.narrow(0, 0, 1)?, output.narrow(0, 1, 1)?);
+                    (&uncond + ((cond - &uncond)? * scale)?)?
+                }
+            });
         }
+        Tensor::cat(&outputs, 0)
     }
 }
 
@@ -212,9 +219,13 @@ pub fn denoise_anchored(
             match &anchor {
                 None => Ok(next),
                 Some(anchor) => {
+                    // wanted + (next − next[anchor]) rather than next + (wanted − next[anchor]):
+                    // the same correction, but a run that predicted exactly what the anchored
+                    // run predicted lands exactly on `wanted` instead of within rounding of it,
+                    // which a sensitive model would amplify over the remaining steps.
                     let wanted = &anchor.trajectory[last - 1 - step.index];
-                    let correction = (wanted - next.narrow(0, anchor.run, 1)?)?;
-                    Ok(next.broadcast_add(&correction)?)
+                    let deviation = next.broadcast_sub(&next.narrow(0, anchor.run, 1)?)?;
+                    Ok(deviation.broadcast_add(wanted)?)
                 }
             }
         },
@@ -372,6 +383,31 @@ mod tests {
         assert_eq!(calls[0].0, vec![801.0, 801.0]);
         assert_eq!(calls[0].1[0].branch, Branch::Uncond);
         assert_eq!(calls[0].1[1].branch, Branch::Cond);
+    }
+
+    #[test]
+    fn joint_runs_are_predicted_one_call_each_as_a_run_alone_is() {
+        let denoiser = fake();
+        let (cond, uncond) = texts();
+        let other = Tensor::full(0.5f32, (1, 3, 2), &Device::Cpu).unwrap();
+        let joint = Guidance::joint(&[(RunRole::Source, &cond), (RunRole::Target, &other)], &uncond, 3.0).unwrap();
+        let latents = Tensor::new(&[2f32, 4.0], &Device::Cpu).unwrap().reshape((2, 1, 1, 1, 1)).unwrap();
+        let step = StepInfo { index: 0, num_steps: 1, timestep: 801.0 };
+        let out = joint.predict(&denoiser, &latents, step, None).unwrap();
+        {
+            let calls = denoiser.calls.borrow();
+            assert_eq!(calls.len(), 2, "one call per run");
+            for (call, run) in calls.iter().zip([RunRole::Source, RunRole::Target]) {
+                assert_eq!(call.1, vec![BatchRole { branch: Branch::Uncond, run }, BatchRole { branch: Branch::Cond, run }]);
+            }
+        }
+        for (row, (text, latent)) in [(&cond, 2f32), (&other, 4.0)].into_iter().enumerate() {
+            let alone = Guidance::new(text, &uncond, 3.0).unwrap();
+            let latent = Tensor::full(latent, (1, 1, 1, 1, 1), &Device::Cpu).unwrap();
+            let expected = alone.predict(&denoiser, &latent, step, None).unwrap();
+            assert_eq!(out.narrow(0, row, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                       expected.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
     }
 
     #[test]
