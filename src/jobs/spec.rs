@@ -149,6 +149,12 @@ pub struct GenerateSpec {
 }
 
 impl GenerateSpec {
+    /// Whether regenerating from this job's seed gives exactly its video: a plain generation, no
+    /// attention rules. An edit regenerates such a source; any other job's video is inverted.
+    pub fn regenerates_exactly(&self) -> bool {
+        self.kind == JobKind::Generate && self.attention.rules.is_empty()
+    }
+
     pub fn to_request_json(&self) -> serde_json::Value {
         // A struct of strings and numbers (finite: validation refused NaN) always serialises.
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)

@@ -157,7 +157,7 @@ fn validate_edit_request(fields: &Map<String, Value>, context: &ValidationContex
     let source_prompt = optional_text(fields, "source_prompt")?;
     let (webhook_url, webhook_events) = webhook(fields, context.webhooks_enabled)?;
     let mut spec = match source {
-        ResolvedSource::Job { spec: source, .. } if source.kind == JobKind::Generate => {
+        ResolvedSource::Job { spec: source, .. } if source.regenerates_exactly() => {
             for name in ["num_frames", "width", "height"] {
                 if fields.get(name).is_some_and(|v| !v.is_null()) {
                     return Err(ApiError::validation(name, format!("an edit of a job takes {name} from the source job")));
@@ -527,5 +527,28 @@ mod tests {
         assert_eq!(error.field.as_deref(), Some("webhook_url"));
         let spec = validate(json!({"kind": "generate", "prompt": "x", "webhook_url": "https://example.com/h"})).unwrap();
         assert_eq!(spec.webhook_events, vec![WebhookEvent::Completed]);
+    }
+
+    #[test]
+    fn an_edit_regenerates_a_plain_job_and_inverts_one_with_attention_rules() {
+        let catalog = catalog();
+        let source = |rules: Vec<Value>| {
+            let mut spec = validate(json!({"kind": "generate", "prompt": "a cat", "seed": 5})).unwrap();
+            spec.attention.rules = rules;
+            ResolvedSource::Job { id: uuid::Uuid::nil(), spec: Box::new(spec) }
+        };
+        let edit = |source: &ResolvedSource, extra: Value| {
+            let mut body = json!({"kind": "edit", "source": {"job_id": uuid::Uuid::nil().to_string()}, "target_prompt": "a dog"});
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            let context = ValidationContext { catalog: &catalog, webhooks_enabled: false, random_seed: 1, edit_source: Some(source) };
+            validate_job_request(&body, &context)
+        };
+        let plain = source(Vec::new());
+        assert_eq!(edit(&plain, json!({})).unwrap().seed, 5);
+        assert_eq!(edit(&plain, json!({"seed": 6})).unwrap_err().field.as_deref(), Some("seed"));
+        // Regenerating without the job's rules would not give its video: it is inverted instead.
+        let steered = source(vec![json!({"sites": {"kind": "spatial"}, "op": {"type": "uniform"}})]);
+        let spec = edit(&steered, json!({"seed": 6})).unwrap();
+        assert_eq!((spec.seed, spec.source_prompt.as_deref()), (6, Some("a cat")));
     }
 }

@@ -49,10 +49,10 @@ pub struct NamedFile {
 /// What an edit starts from, prepared by the worker before the model runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EditSourceMaterial {
-    /// A generate job: the edit's source branch regenerates it (same prompt, seed and settings),
-    /// and its recorded statistics rank the sites to inject.
+    /// A generate job without attention rules: the edit's source branch regenerates it (same
+    /// prompt, seed and settings), and its recorded statistics rank the sites to inject.
     Regenerate { spec: Box<GenerateSpec>, records: Vec<AttentionRecord> },
-    /// A video (an upload, or the output of another kind of job), already resized to the edit's
+    /// A video (an upload, or the output of any other job), already resized to the edit's
     /// size and cut to its frames: it is VAE-encoded and DDIM-inverted.
     Video { width: u32, height: u32, frames: Vec<Vec<u8>> },
 }

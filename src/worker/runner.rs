@@ -10,7 +10,7 @@ use super::backend::{BackendError, EditSourceMaterial, JobInput, NamedVideo, Run
 use super::lease::LeaseKeeper;
 use super::video_file::{decode_video_resized, encode_video};
 use super::WorkerContext;
-use crate::api::{AttentionRecords, JobError, JobKind, JobProgress, JobStatus, Stage};
+use crate::api::{AttentionRecords, JobError, JobProgress, JobStatus, Stage};
 use crate::artifacts::ArtifactKey;
 use crate::jobs::spec::{EditSource, GenerateSpec};
 use crate::store::{now_millis, Finish, JobRecord, LeaseState};
@@ -209,8 +209,8 @@ impl Runner<'_> {
                     .block_on(context.store.get_job(*id))
                     .map_err(|e| lookup("job", &e))?
                     .ok_or_else(|| BackendError::Failed("the source job no longer exists".into()))?;
-                if record.kind == JobKind::Generate {
-                    let source_spec = GenerateSpec::from_request_json(&record.request).map_err(|e| lookup("job", &e))?;
+                let source_spec = GenerateSpec::from_request_json(&record.request).map_err(|e| lookup("job", &e))?;
+                if source_spec.regenerates_exactly() {
                     let records = context.runtime.block_on(context.store.attention(*id)).map_err(|e| lookup("statistics", &e))?;
                     return Ok(Some(EditSourceMaterial::Regenerate { spec: Box::new(source_spec), records }));
                 }
