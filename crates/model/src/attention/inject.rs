@@ -79,6 +79,16 @@ fn replace_item(tensor: &Tensor, rows_per_item: usize, item: usize, rows: &Tenso
     Tensor::cat(&parts, 0)
 }
 
+impl InjectingControl<'_> {
+    /// The call as the plan's controller handles it (`None`: the default attention).
+    fn pass_on(&mut self, step: &StepInfo, roles: &[BatchRole], call: &AttentionCall) -> Result<Option<Tensor>> {
+        match self.inner.as_deref_mut() {
+            Some(inner) => inner.attend(step, roles, call),
+            None => Ok(None),
+        }
+    }
+}
+
 impl AttentionControl for InjectingControl<'_> {
     fn attend(
         &mut self,
@@ -89,13 +99,8 @@ impl AttentionControl for InjectingControl<'_> {
         let site = &call.site.id;
         let branches = self.injected_branches(step, site);
         let item_of = |branch, run| roles.iter().position(|role| *role == BatchRole { branch, run });
-        let injected =
-            roles.iter().any(|role| role.run == RunRole::Target && branches.contains(&role.branch));
         if branches.is_empty() {
-            return match self.inner.as_deref_mut() {
-                Some(inner) => inner.attend(step, roles, call),
-                None => Ok(None),
-            };
+            return self.pass_on(step, roles, call);
         }
         if call.q.dim(1)? != call.k.dim(1)? {
             candle_core::bail!(
@@ -112,11 +117,11 @@ impl AttentionControl for InjectingControl<'_> {
                 self.pending.insert((site.clone(), branch), source);
             }
         }
-        if !injected {
-            return match self.inner.as_deref_mut() {
-                Some(inner) => inner.attend(step, roles, call),
-                None => Ok(None),
-            };
+        let has_target = roles
+            .iter()
+            .any(|role| role.run == RunRole::Target && branches.contains(&role.branch));
+        if !has_target {
+            return self.pass_on(step, roles, call);
         }
         let (mut q, mut k) = (call.q.clone(), call.k.clone());
         for &branch in &branches {
@@ -135,11 +140,7 @@ impl AttentionControl for InjectingControl<'_> {
             k: &k,
             ..*call
         };
-        let out = match self.inner.as_deref_mut() {
-            Some(inner) => inner.attend(step, roles, &injected)?,
-            None => None,
-        };
-        match out {
+        match self.pass_on(step, roles, &injected)? {
             Some(out) => Ok(Some(out)),
             None => Ok(Some(default_attention(&q, &k, call.v, call.scale)?)),
         }
