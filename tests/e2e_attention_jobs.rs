@@ -155,6 +155,17 @@ async fn edits_of_a_job_and_of_an_upload_reproduce_the_source_when_the_prompt_is
     let records = records_of(&app, from_upload["id"].as_str().unwrap()).await;
     assert!(records.iter().any(|r| r["run"] == "target"));
 
+    // A job steered by attention rules is not regenerated (that would drop its rules): its video
+    // is inverted like an upload, with its prompt as the source prompt and a seed of the edit's own.
+    let steered = succeed(&app, json!({"kind": "generate", "prompt": "a red circle", "num_frames": frames, "num_inference_steps": 3,
+                                       "seed": 4, "attention": {"rules": [{"sites": {"kind": "spatial"}, "op": {"type": "uniform"}}]}})).await;
+    let of_steered = succeed(&app, json!({"kind": "edit", "source": {"job_id": steered["id"]}, "target_prompt": "a red circle",
+                                          "num_inference_steps": 3, "seed": 1})).await;
+    assert_eq!(of_steered["request"]["source_prompt"], "a red circle");
+    let target = frames_of(&app, of_steered["outputs"]["video"].as_str().unwrap()).await;
+    let branch = frames_of(&app, of_steered["outputs"]["source_video"].as_str().unwrap()).await;
+    assert_eq!(max_abs_diff(&target.frames, &branch.frames), 0);
+
     // Sources that cannot be edited.
     let refuse = |body: Value, status: u16, field: &'static str| {
         let app = &app;
