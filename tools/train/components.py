@@ -75,6 +75,16 @@ class Architecture:
     def from_dict(cls, values: dict) -> "Architecture":
         return cls(**values)
 
+    @classmethod
+    def of_modules(cls, vae, unet, text: "Architecture") -> "Architecture":
+        """The architecture of loaded VAE and UNet modules, with `text`'s text-encoder sizes."""
+        return cls(
+            vae_channels=list(vae.config.block_out_channels), vae_norm_groups=vae.config.norm_num_groups,
+            unet_channels=list(unet.config.block_out_channels),
+            unet_layers_per_block=unet.config.layers_per_block, unet_heads=unet.config.attention_head_dim,
+            unet_norm_groups=unet.config.norm_num_groups, text_hidden=text.text_hidden,
+            text_layers=text.text_layers, text_heads=text.text_heads)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -144,6 +154,15 @@ def build_unet(arch: Architecture, cross_attention_dim: int):
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=arch.unet_heads,
     )
+
+
+def load_vae_and_unet(folder: Path, device):
+    """The float32 VAE and UNet of a pipeline folder written by `write_pipeline`."""
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+
+    vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=torch.float32)
+    unet = UNet3DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=torch.float32)
+    return vae.to(device), unet.to(device)
 
 
 def build_text_encoder(arch: Architecture, vocab: dict[str, int]):

@@ -5,8 +5,11 @@
 # candidate, `b` checks that a re-run scores within 0.03 of it.
 #   gpu_train.sh start           export the training clips, start both runs in their own sessions
 #   gpu_train.sh wait SECONDS    wait (at most SECONDS) for both, printing the logs' tails
-#   gpu_train.sh finish DIR      sample held-out prompts with diffusers from both models, score them
-#                                with the project's evaluator, pack model `a` into DIR (parts < 16 MiB)
+#   gpu_train.sh finish DIR      sample held-out prompts with diffusers from every run's model, score
+#                                them with the project's evaluator, pack each run into DIR (parts < 16 MiB)
+# On a machine with one GPU per run, each run gets its own (CUDA_VISIBLE_DEVICES) and runs at full
+# speed; TRAIN_ARGS_<run> (e.g. TRAIN_ARGS_b) replaces TRAIN_ARGS for that run, to train two
+# designs side by side.
 # Needs .gpu/entrovid-world.xz (a release build of crates/world's binary) and .whl/ (diffusers).
 # The training command (tools/train/README.md) is TRAIN_ARGS below.
 set -uo pipefail
@@ -22,9 +25,14 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 case "$1" in
   start)
     "$WORK/entrovid-world" export --out "$WORK/train.safetensors" --count 40000 --seed 1 --split train
+    gpus=$(nvidia-smi -L 2>/dev/null | wc -l); index=0
     for run in $RUNS; do
-      setsid nohup bash -c "python3 tools/train/train.py --data $WORK/train.safetensors \
-          --out $WORK/$run/model $TRAIN_ARGS >$WORK/$run.log 2>&1; echo \$? >$WORK/$run.rc" >/dev/null 2>&1 &
+      args_var="TRAIN_ARGS_$run"; args=${!args_var:-$TRAIN_ARGS}
+      device=""; [ "$gpus" -gt 1 ] && device="CUDA_VISIBLE_DEVICES=$((index % gpus))"
+      echo "run $run: $device train.py $args"
+      setsid nohup bash -c "$device python3 tools/train/train.py --data $WORK/train.safetensors \
+          --out $WORK/$run/model $args >$WORK/$run.log 2>&1; echo \$? >$WORK/$run.rc" >/dev/null 2>&1 &
+      index=$((index + 1))
     done
     sleep 30; for run in $RUNS; do tail -3 "$WORK/$run.log"; done ;;
   wait)
@@ -36,6 +44,7 @@ case "$1" in
       [ -f "$WORK/$run.rc" ] && echo "train.py exit: $(cat $WORK/$run.rc)"
     done ;;
   finish)
+    # Each run comes back as one archive (model folder, reports, training log) in parts < 16 MiB.
     out=$2; mkdir -p "$out"
     # Held-out combinations (the score that counts) and, to tell learning from generalising,
     # combinations seen in training.
@@ -43,12 +52,14 @@ case "$1" in
     "$WORK/entrovid-world" export --out "$WORK/train-split.safetensors" --count 200 --seed 5 --split train
     for run in $RUNS; do
       for split in held-out train-split; do
+        echo "== run $run, $split"
         python3 tools/train/sample.py --model "$WORK/$run/model" --prompts "$WORK/$split.json" --seeds 0 \
             --out "$WORK/$run/$split-samples.safetensors"
         "$WORK/entrovid-world" eval --videos "$WORK/$run/$split-samples.safetensors" \
-            --prompts "$WORK/$run/$split-samples.json" --out "$out/${split}_report_$run.json"
+            --prompts "$WORK/$run/$split-samples.json" --out "$WORK/$run/${split}_report.json"
       done
-      cp "$WORK/$run/model.log.json" "$out/train_log_$run.json" 2>/dev/null
-    done
-    tar -C "$WORK/a" -cf - model | split -b 15M - "$out/model.tar.part-" ;;
+      cp "$WORK/$run/model.log.json" "$WORK/$run/train_log.json" 2>/dev/null
+      tar -C "$WORK/$run" -cf - model held-out_report.json train-split_report.json train_log.json \
+        | xz -1 -T4 | split -b 15M - "$out/run_$run.tar.xz.part-"
+    done ;;
 esac

@@ -87,10 +87,28 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--object-loss-weight", type=float, default=0.0,
                    help="extra weight of the epsilon loss on latent positions the object passes over "
                         "(4 was tried: no better at motion, tools/train/README.md)")
+    p.add_argument("--loss-weighting", choices=["epsilon", "v"], default="epsilon",
+                   help="weights of the epsilon loss over timesteps (see timestep_loss_weights)")
+    p.add_argument("--max-loss-weight", type=float, default=50.0,
+                   help="cap of the per-clip weight of --loss-weighting v")
     p.add_argument("--high-noise-fraction", type=float, default=0.0,
                    help="share of timesteps drawn from the noisier half (where layout and motion form)")
     p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--freeze-text-encoder", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep the text encoder at its random initialisation: trained jointly, it "
+                        "learnt to map the motion words to nearly the same features (the UNet could "
+                        "not use them yet), which left the UNet nothing to learn motion from")
+    p.add_argument("--init-from", type=Path,
+                   help="pipeline folder whose VAE and UNet start the diffusion stage (the VAE stage "
+                        "is skipped and its scaling factor kept); the text encoder is built anew")
+    p.add_argument("--init-unet", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --init-from: start from its UNet too (--no-init-unet: a new UNet of "
+                        "the --unet-* sizes, trained from scratch on the loaded VAE's latents)")
     p.add_argument("--prompt-dropout", type=float, default=0.1)
+    p.add_argument("--balance-motions", action=argparse.BooleanOptionalAction, default=False,
+                   help="draw diffusion batches so that every motion word is equally likely (the "
+                        "held-out split leaves the directions unequally often in the training split, "
+                        "and unbalanced runs drifted towards the commonest one)")
     p.add_argument("--short-clip-fraction", type=float, default=0.25,
                    help="share of batches trained at half the frames (every other frame)")
     p.add_argument("--ema-decay", type=float, default=0.999)
@@ -362,14 +380,29 @@ def encode_clips(vae, videos: torch.Tensor, scaling_factor: float, device, autoc
 
 
 def epsilon_loss(prediction: torch.Tensor, noise: torch.Tensor, object_path: torch.Tensor,
-                 object_weight: float) -> torch.Tensor:
-    """Mean squared error, optionally with the object's path weighted up: the object covers a few
-    of the 64 latent positions of a frame, and the flat background otherwise dominates the loss."""
-    if object_weight <= 0:
-        return F.mse_loss(prediction, noise)
-    weights = 1.0 + object_weight * object_path.float()
+                 object_weight: float, clip_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error, optionally with the object's path weighted up (the object covers a few
+    of the 64 latent positions of a frame, and the flat background otherwise dominates the loss)
+    and each clip weighted by `clip_weights` [B] (`timestep_loss_weights`)."""
+    weights = torch.ones_like(prediction[:, :1, :1, :1, :1])
+    if object_weight > 0:
+        weights = weights + object_weight * object_path.float()
+    if clip_weights is not None:
+        weights = weights * clip_weights.float().view(-1, 1, 1, 1, 1)
     squared_error = (prediction - noise).square()
     return (weights * squared_error).mean() / weights.expand_as(squared_error).mean()
+
+
+def timestep_loss_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, weighting: str,
+                          cap: float) -> torch.Tensor | None:
+    """Per-clip weights of the epsilon loss. "epsilon": none (plain epsilon MSE). "v": 1/alpha_bar_t
+    (= 1 + 1/SNR), capped at `cap`, which makes the epsilon MSE the v-prediction loss: with plain
+    epsilon MSE an error in the clean-video estimate costs SNR times less, about 1/100 at the
+    noisiest steps, where the sampler places the object and fixes its path; runs trained so drew
+    every video moving the same way whatever its prompt (tools/train/README.md)."""
+    if weighting == "epsilon":
+        return None
+    return (1.0 / alphas_cumprod.to(timesteps.device)[timesteps]).clamp(max=cap)
 
 
 def sample_timesteps(count: int, num_timesteps: int, high_noise_fraction: float,
@@ -401,24 +434,45 @@ def attention_backends(device):
     return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
+def motion_balancing_weights(prompts: list[str], grammar: dict) -> torch.Tensor:
+    """Per-clip sampling weights (float64 [N]) under which every motion word of the grammar is
+    drawn equally often: 1 / (clips with that word)."""
+    words = sorted(grammar["motions"], key=len, reverse=True)
+    motion_of = [next((w for w in words if f" {w}" in f" {prompt} "), None) for prompt in prompts]
+    if None in motion_of:
+        raise ValueError(f"no motion word in {prompts[motion_of.index(None)]!r}")
+    counts = {w: motion_of.count(w) for w in set(motion_of)}
+    return torch.tensor([1.0 / counts[w] for w in motion_of], dtype=torch.float64)
+
+
+def diffusion_modules(unet, text_encoder, freeze_text_encoder: bool) -> dict[str, torch.nn.Module]:
+    """The modules the diffusion stage trains (and averages, and ships the average of)."""
+    if freeze_text_encoder:
+        text_encoder.requires_grad_(False)
+        return {"unet": unet}
+    return {"unet": unet, "text_encoder": text_encoder}
+
+
 def train_diffusion(args, state: TrainingState, unet, text_encoder, optimizer, ema: Ema,
                     latent_mean: torch.Tensor, latent_std: torch.Tensor, object_paths: torch.Tensor,
-                    input_ids: torch.Tensor,
+                    clip_weights: torch.Tensor, input_ids: torch.Tensor,
                     empty_ids: torch.Tensor, device, clock: StageClock, log: RunLog, autocast,
                     on_checkpoint) -> None:
     noise_scheduler = components.build_training_scheduler()
     num_timesteps = noise_scheduler.config.num_train_timesteps
-    trained = {"unet": unet, "text_encoder": text_encoder}
+    trained = diffusion_modules(unet, text_encoder, args.freeze_text_encoder)
     params = [p for m in trained.values() for p in m.parameters()]
     generator = torch.Generator(device="cpu").manual_seed(args.seed * 1000 + 1 + state.unet_step)
     count = latent_mean.shape[0]
     unet.train()
-    text_encoder.train()
+    if "text_encoder" in trained:
+        text_encoder.train()
     window = ProgressWindow()
     last_log = last_checkpoint = time.monotonic()
     with attention_backends(device):
         while not clock.done(state.unet_step):
-            clip = torch.randint(count, (args.batch,), generator=generator).to(latent_mean.device)
+            clip = torch.multinomial(clip_weights, args.batch, replacement=True,
+                                     generator=generator).to(latent_mean.device)
             mean, std = latent_mean[clip].float(), latent_std[clip].float()
             latents = mean + std * torch.randn_like(std)
             if torch.rand((), generator=generator).item() < args.short_clip_fraction:
@@ -435,9 +489,12 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder, optimizer, e
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast():
-                text = text_encoder(ids)[0]
+                with torch.set_grad_enabled("text_encoder" in trained):
+                    text = text_encoder(ids)[0]
                 prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
-            loss = epsilon_loss(prediction.float(), noise, object_paths[clip], args.object_loss_weight)
+            loss = epsilon_loss(prediction.float(), noise, object_paths[clip], args.object_loss_weight,
+                                timestep_loss_weights(noise_scheduler.alphas_cumprod, timesteps,
+                                                      args.loss_weighting, args.max_loss_weight))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -500,13 +557,20 @@ def main() -> None:
     vae = components.build_vae(arch).to(device)
     text_encoder = components.build_text_encoder(arch, vocab).to(device)
     unet = components.build_unet(arch, text_encoder.config.hidden_size).to(device)
+    if args.init_from is not None and resumed is None:
+        vae, loaded_unet = components.load_vae_and_unet(args.init_from, device)
+        unet = loaded_unet if args.init_unet else unet
+        state.stage, state.scaling_factor = "diffusion", vae.config.scaling_factor
+        state.arch = arch = components.Architecture.of_modules(vae, unet, arch)
+        log.event(stage="init_from", path=str(args.init_from), scaling_factor=state.scaling_factor)
     modules = {"vae": vae, "text_encoder": text_encoder, "unet": unet}
+    trained = diffusion_modules(unet, text_encoder, args.freeze_text_encoder)
     vae_optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     diffusion_optimizer = torch.optim.AdamW(
-        list(unet.parameters()) + list(text_encoder.parameters()), lr=args.lr,
+        [p for m in trained.values() for p in m.parameters()], lr=args.lr,
         weight_decay=args.weight_decay, betas=(0.9, 0.99), fused=device.type == "cuda")
     optimizers = {"vae": vae_optimizer, "diffusion": diffusion_optimizer}
-    ema = Ema({"unet": unet, "text_encoder": text_encoder}, args.ema_decay)
+    ema = Ema(trained, args.ema_decay)
     if resumed is not None:
         for name, module in modules.items():
             module.load_state_dict(resumed["modules"][name])
@@ -555,14 +619,17 @@ def main() -> None:
               std=latent_mean.float().std().item(), posterior_std=latent_std.float().mean().item(),
               object_share=object_paths.float().mean().item())
 
+    clip_weights = (motion_balancing_weights(clips.prompts, grammar) if args.balance_motions
+                    else torch.ones(len(clips.prompts), dtype=torch.float64))
     clock = StageClock(time.monotonic(), deadline, args.unet_steps, state.unet_step)
     train_diffusion(args, state, unet, text_encoder, diffusion_optimizer, ema, latent_mean, latent_std,
-                    object_paths, input_ids, empty_ids, device, clock, log, autocast, checkpoint)
+                    object_paths, clip_weights, input_ids, empty_ids, device, clock, log, autocast,
+                    checkpoint)
     if clock.cut_short(state.unet_step):
         log.event(stage="diffusion", cut_short=True, step=state.unet_step, planned=args.unet_steps)
     checkpoint()
 
-    ema.copy_to({"unet": unet, "text_encoder": text_encoder})
+    ema.copy_to(trained)
     components.write_pipeline(out, grammar, vae, text_encoder, unet)
     total = components.check_sizes(out)
     log.event(stage="written", path=str(out), bytes=total,
