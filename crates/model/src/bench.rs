@@ -48,15 +48,32 @@ pub struct UnetBenchReport {
 }
 
 /// Runs the benchmark on an already loaded UNet.
-pub fn bench_unet(unet: &UNet3DConditionModel, device: &Device, dtype: DType, opts: &UnetBenchOptions) -> Result<UnetBenchReport> {
+pub fn bench_unet(
+    unet: &UNet3DConditionModel,
+    device: &Device,
+    dtype: DType,
+    opts: &UnetBenchOptions,
+) -> Result<UnetBenchReport> {
     let config = unet.config();
-    let shape = (opts.batch, config.in_channels, opts.frames, opts.latent_height, opts.latent_width);
-    let sample = seeded_normal(1, shape)?.to_device(device)?.to_dtype(dtype)?;
+    let shape = (
+        opts.batch,
+        config.in_channels,
+        opts.frames,
+        opts.latent_height,
+        opts.latent_width,
+    );
+    let sample = seeded_normal(1, shape)?
+        .to_device(device)?
+        .to_dtype(dtype)?;
     let text = seeded_normal(2, (opts.batch, opts.text_len, config.cross_attention_dim))?
         .to_device(device)?
         .to_dtype(dtype)?;
     let timesteps = Tensor::full(500f32, opts.batch, device)?;
-    let step = StepInfo { index: 0, num_steps: 1, timestep: 500.0 };
+    let step = StepInfo {
+        index: 0,
+        num_steps: 1,
+        timestep: 500.0,
+    };
     let roles = vec![BatchRole::MAIN_COND; opts.batch];
 
     // One timed pass; reading one value forces lazy devices to finish it.
@@ -68,7 +85,10 @@ pub fn bench_unet(unet: &UNet3DConditionModel, device: &Device, dtype: DType, op
                 if observe { Some(&mut recorder) } else { None };
             let mut ctx = ForwardCtx::new(step, roles.clone(), control);
             let out = unet.forward(&sample, &timesteps, &text, &mut ctx)?;
-            out.flatten_all()?.get(0)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            out.flatten_all()?
+                .get(0)?
+                .to_dtype(DType::F32)?
+                .to_scalar::<f32>()?;
         }
         device.synchronize()?;
         Ok(start.elapsed().as_secs_f64() * 1e3)
@@ -79,7 +99,11 @@ pub fn bench_unet(unet: &UNet3DConditionModel, device: &Device, dtype: DType, op
     let (mut plain, mut observed) = (Vec::new(), Vec::new());
     for i in 0..opts.warmup + opts.iterations {
         let plain_ms = run_once(false)?;
-        let observed_ms = if opts.observe { Some(run_once(true)?) } else { None };
+        let observed_ms = if opts.observe {
+            Some(run_once(true)?)
+        } else {
+            None
+        };
         if i >= opts.warmup {
             plain.push(plain_ms);
             observed.extend(observed_ms);
@@ -92,7 +116,9 @@ pub fn bench_unet(unet: &UNet3DConditionModel, device: &Device, dtype: DType, op
         dtype: format!("{dtype:?}"),
         sites: unet.sites().len(),
         input_shape: vec![shape.0, shape.1, shape.2, shape.3, shape.4],
-        observe_ratio: observe.as_ref().map(|o| o.median_ms / no_controller.median_ms),
+        observe_ratio: observe
+            .as_ref()
+            .map(|o| o.median_ms / no_controller.median_ms),
         no_controller,
         observe,
     })
@@ -100,5 +126,9 @@ pub fn bench_unet(unet: &UNet3DConditionModel, device: &Device, dtype: DType, op
 
 fn summarise(mut samples: Vec<f64>) -> Timing {
     samples.sort_by(|a, b| a.total_cmp(b));
-    Timing { median_ms: samples[samples.len() / 2], min_ms: samples[0], runs: samples.len() }
+    Timing {
+        median_ms: samples[samples.len() / 2],
+        min_ms: samples[0],
+        runs: samples.len(),
+    }
 }

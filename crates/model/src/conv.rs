@@ -27,7 +27,9 @@ fn shifted_product(shifted: &[Tensor], packed: &Tensor, bias: Option<&Tensor>) -
         Some(bias) => out.broadcast_add(&bias.reshape(((), 1))?)?,
         None => out,
     };
-    out.reshape(((), batch, positions))?.transpose(0, 1)?.contiguous()
+    out.reshape(((), batch, positions))?
+        .transpose(0, 1)?
+        .contiguous()
 }
 
 /// A 3×3 convolution with stride 1 and padding 1 (diffusers' `Conv2d(c_in, c_out, 3, padding=1)`).
@@ -35,7 +37,10 @@ fn shifted_product(shifted: &[Tensor], packed: &Tensor, bias: Option<&Tensor>) -
 #[derive(Debug)]
 pub enum SameConv3x3 {
     /// The weights as `[c_out, 9·c_in]`, kernel position major (kh, kw), input channel minor.
-    Packed { packed: Tensor, bias: Option<Tensor> },
+    Packed {
+        packed: Tensor,
+        bias: Option<Tensor>,
+    },
     /// candle's convolution, off the CPU.
     Candle(Conv2d),
 }
@@ -133,7 +138,12 @@ impl Module for FrameConv3 {
                     .reshape((b, c, frames * positions))
             })
             .collect::<Result<Vec<_>>>()?;
-        shifted_product(&shifted, &self.weight, Some(&self.bias))?.reshape((b, (), frames, positions))
+        shifted_product(&shifted, &self.weight, Some(&self.bias))?.reshape((
+            b,
+            (),
+            frames,
+            positions,
+        ))
     }
 }
 
@@ -159,7 +169,8 @@ mod tests {
     fn random_vars(map: &VarMap) {
         for (i, var) in map.all_vars().iter().enumerate() {
             let values = Tensor::randn(0f32, 1.0, var.shape(), &Device::Cpu).unwrap();
-            var.set(&(values * (1.0 + i as f64 * 0.1)).unwrap()).unwrap();
+            var.set(&(values * (1.0 + i as f64 * 0.1)).unwrap())
+                .unwrap();
         }
     }
 
@@ -190,7 +201,10 @@ mod tests {
             let expected = reference.forward(&x).unwrap();
             let got = conv.forward(&x).unwrap();
             assert_eq!(got.dims(), expected.dims());
-            assert!(max_abs_diff(&got, &expected) < 1e-4, "{n} {c_in} {c_out} {h} {w}");
+            assert!(
+                max_abs_diff(&got, &expected) < 1e-4,
+                "{n} {c_in} {c_out} {h} {w}"
+            );
         }
     }
 
@@ -199,7 +213,11 @@ mod tests {
         let map = random_varmap(|vb| FrameConv3::new(4, 6, vb));
         let conv = FrameConv3::new(4, 6, cpu_vars(&map)).unwrap();
         let vb = cpu_vars(&map);
-        let kernel = vb.get((6, 4, 3, 1, 1), "weight").unwrap().reshape((6, 4, 3, 1)).unwrap();
+        let kernel = vb
+            .get((6, 4, 3, 1, 1), "weight")
+            .unwrap()
+            .reshape((6, 4, 3, 1))
+            .unwrap();
         let bias = vb.get(6, "bias").unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 4, 5, 7), &Device::Cpu).unwrap();
         let expected = x

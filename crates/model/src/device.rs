@@ -33,7 +33,9 @@ pub fn open_device(spec: &str) -> Result<Device> {
 #[cfg(feature = "cuda")]
 fn keep_freed_memory_in_pool(device: &Device) -> Result<()> {
     use candle_core::cuda_backend::cudarc::driver::sys;
-    let Device::Cuda(cuda) = device else { return Ok(()) };
+    let Device::Cuda(cuda) = device else {
+        return Ok(());
+    };
     let cu_device = cuda.cuda_stream().context().cu_device();
     let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
     let mut threshold: u64 = u64::MAX;
@@ -60,7 +62,9 @@ pub fn parse_dtype(name: &str) -> Result<candle_core::DType> {
         "f32" | "float32" => Ok(candle_core::DType::F32),
         "f16" | "float16" | "fp16" => Ok(candle_core::DType::F16),
         "bf16" | "bfloat16" => Ok(candle_core::DType::BF16),
-        other => Err(ModelError::InvalidDType { name: other.to_string() }),
+        other => Err(ModelError::InvalidDType {
+            name: other.to_string(),
+        }),
     }
 }
 
@@ -71,8 +75,14 @@ mod tests {
     #[test]
     fn cpu_and_malformed_specs() {
         assert!(matches!(open_device("cpu").unwrap(), Device::Cpu));
-        assert!(matches!(open_device("gpu"), Err(ModelError::InvalidDevice { .. })));
-        assert!(matches!(open_device("cuda:x"), Err(ModelError::InvalidDevice { .. })));
+        assert!(matches!(
+            open_device("gpu"),
+            Err(ModelError::InvalidDevice { .. })
+        ));
+        assert!(matches!(
+            open_device("cuda:x"),
+            Err(ModelError::InvalidDevice { .. })
+        ));
     }
 
     #[test]

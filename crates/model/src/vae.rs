@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, GroupNorm, Linear, VarBuilder};
+use candle_nn::{conv2d, linear, Conv2d, Linear, VarBuilder};
 use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
     DownEncoderBlock2D, DownEncoderBlock2DConfig, UpDecoderBlock2D, UpDecoderBlock2DConfig,
@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::conv::SameConv3x3;
 use crate::error::ModelError;
+use crate::norm::{group_norm, GroupNorm};
 use crate::weights::{read_json, ComponentWeights};
 
 /// diffusers' epsilon for every normalisation inside the autoencoder.

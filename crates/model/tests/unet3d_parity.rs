@@ -255,7 +255,12 @@ fn debug_tool_writes_prediction_and_statistics() {
     let written = load_tensors(&out);
     let reference =
         load_tensors(&fixture(name).join("ref/unet_plan_mix_uniform_cross.safetensors"));
-    assert_close("debug tool", &written["sample"], &reference["out_sample"], 1e-4);
+    assert_close(
+        "debug tool",
+        &written["sample"],
+        &reference["out_sample"],
+        1e-4,
+    );
     let written_stats = read_json(&stats);
     let reference_stats =
         read_json(&fixture(name).join("ref/unet_plan_mix_uniform_cross_stats.json"));

@@ -65,7 +65,12 @@ impl<'a> InjectingControl<'a> {
 }
 
 /// `tensor` with the rows of batch item `item` replaced by `rows`.
-fn replace_item(tensor: &Tensor, rows_per_item: usize, item: usize, rows: &Tensor) -> Result<Tensor> {
+fn replace_item(
+    tensor: &Tensor,
+    rows_per_item: usize,
+    item: usize,
+    rows: &Tensor,
+) -> Result<Tensor> {
     let total = tensor.dim(0)?;
     let mut parts = Vec::with_capacity(3);
     if item > 0 {
@@ -81,7 +86,12 @@ fn replace_item(tensor: &Tensor, rows_per_item: usize, item: usize, rows: &Tenso
 
 impl InjectingControl<'_> {
     /// The call as the plan's controller handles it (`None`: the default attention).
-    fn pass_on(&mut self, step: &StepInfo, roles: &[BatchRole], call: &AttentionCall) -> Result<Option<Tensor>> {
+    fn pass_on(
+        &mut self,
+        step: &StepInfo,
+        roles: &[BatchRole],
+        call: &AttentionCall,
+    ) -> Result<Option<Tensor>> {
         match self.inner.as_deref_mut() {
             Some(inner) => inner.attend(step, roles, call),
             None => Ok(None),
@@ -98,7 +108,11 @@ impl AttentionControl for InjectingControl<'_> {
     ) -> Result<Option<Tensor>> {
         let site = &call.site.id;
         let branches = self.injected_branches(step, site);
-        let item_of = |branch, run| roles.iter().position(|role| *role == BatchRole { branch, run });
+        let item_of = |branch, run| {
+            roles
+                .iter()
+                .position(|role| *role == BatchRole { branch, run })
+        };
         if branches.is_empty() {
             return self.pass_on(step, roles, call);
         }
@@ -113,7 +127,10 @@ impl AttentionControl for InjectingControl<'_> {
         for &branch in &branches {
             if let Some(item) = item_of(branch, RunRole::Source) {
                 let rows = |t: &Tensor| t.narrow(0, item * rows_per_item, rows_per_item);
-                let source = SourceRows { q: rows(call.q)?, k: rows(call.k)? };
+                let source = SourceRows {
+                    q: rows(call.q)?,
+                    k: rows(call.k)?,
+                };
                 self.pending.insert((site.clone(), branch), source);
             }
         }
@@ -125,7 +142,9 @@ impl AttentionControl for InjectingControl<'_> {
         }
         let (mut q, mut k) = (call.q.clone(), call.k.clone());
         for &branch in &branches {
-            let Some(item) = item_of(branch, RunRole::Target) else { continue };
+            let Some(item) = item_of(branch, RunRole::Target) else {
+                continue;
+            };
             let Some(source) = self.pending.remove(&(site.clone(), branch)) else {
                 candle_core::bail!(
                     "map injection at {site}, step {}: the target's call came before the source's",
@@ -278,7 +297,9 @@ mod tests {
         let (q, k, v) = tensors();
         let site = SiteInfo::new("s", SiteKind::Spatial, "mid");
         let half = |t: &Tensor, run: usize| t.narrow(0, run * 4, 4).unwrap();
-        let runs: Vec<[Tensor; 3]> = (0..2).map(|run| [half(&q, run), half(&k, run), half(&v, run)]).collect();
+        let runs: Vec<[Tensor; 3]> = (0..2)
+            .map(|run| [half(&q, run), half(&k, run), half(&v, run)])
+            .collect();
         let call_of = |run: usize| AttentionCall {
             site: &site,
             q: &runs[run][0],
@@ -294,12 +315,36 @@ mod tests {
         // The target's call cannot come first: the source's rows are not there yet.
         assert!(control.attend(&step(0), target_roles, &call_of(1)).is_err());
         // The source's own call is not changed.
-        assert!(control.attend(&step(0), source_roles, &call_of(0)).unwrap().is_none());
-        let out = control.attend(&step(0), target_roles, &call_of(1)).unwrap().unwrap();
-        let joint_call = AttentionCall { site: &site, q: &q, k: &k, v: &v, heads: 2, batch: 4, scale: 1.0 };
+        assert!(control
+            .attend(&step(0), source_roles, &call_of(0))
+            .unwrap()
+            .is_none());
+        let out = control
+            .attend(&step(0), target_roles, &call_of(1))
+            .unwrap()
+            .unwrap();
+        let joint_call = AttentionCall {
+            site: &site,
+            q: &q,
+            k: &k,
+            v: &v,
+            heads: 2,
+            batch: 4,
+            scale: 1.0,
+        };
         let mut joint_control = InjectingControl::new(injection(BranchSelector::Both), None);
-        let joint = joint_control.attend(&step(0), &roles(), &joint_call).unwrap().unwrap();
-        let diff = (out - half(&joint, 1)).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let joint = joint_control
+            .attend(&step(0), &roles(), &joint_call)
+            .unwrap()
+            .unwrap();
+        let diff = (out - half(&joint, 1))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(diff, 0.0);
         // Used rows are freed: a second target call of the same step has nothing to take.
         assert!(control.attend(&step(0), target_roles, &call_of(1)).is_err());

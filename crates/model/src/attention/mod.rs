@@ -2,6 +2,7 @@
 //! that replace attention maps, their statistics, attention plans, and map injection for edits.
 
 pub mod control;
+mod cpu_softmax;
 pub mod inject;
 pub mod ops;
 pub mod plan;

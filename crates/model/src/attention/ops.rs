@@ -536,6 +536,11 @@ fn softmax_block(
     lambda: f64,
     measure: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
+    if lambda == 0.0 {
+        if let Some(fused) = super::cpu_softmax::softmax_attention(q, k, v, logit_scale, measure)? {
+            return Ok(fused);
+        }
+    }
     let logits = block_logits(q, k, logit_scale)?;
     let probs = candle_nn::ops::softmax_last_dim(&logits)?;
     let out = probs.matmul(v)?;
@@ -572,8 +577,7 @@ fn softmax_block(
 /// logarithm well conditioned. This saves a second exponential of every logit (the largest cost of
 /// recording statistics).
 pub fn softmax_entropy(logits: &Tensor, probs: &Tensor) -> Result<Tensor> {
-    let log_sum_exp =
-        (logits.max_keepdim(D::Minus1)? - probs.max_keepdim(D::Minus1)?.log()?)?;
+    let log_sum_exp = (logits.max_keepdim(D::Minus1)? - probs.max_keepdim(D::Minus1)?.log()?)?;
     let expected_logit = (probs * logits)?.sum_keepdim(D::Minus1)?;
     (log_sum_exp - expected_logit)?.squeeze(D::Minus1)
 }

@@ -124,7 +124,12 @@ impl Guidance {
             };
             let mut ctx = ForwardCtx::new(step, roles, control);
             let output = denoiser
-                .predict(&input, &timesteps, &embeddings.narrow(0, run * branches, branches)?, &mut ctx)?
+                .predict(
+                    &input,
+                    &timesteps,
+                    &embeddings.narrow(0, run * branches, branches)?,
+                    &mut ctx,
+                )?
                 .to_dtype(DType::F32)?;
             outputs.push(match self.scale {
                 None => output,
@@ -390,23 +395,54 @@ mod tests {
         let denoiser = fake();
         let (cond, uncond) = texts();
         let other = Tensor::full(0.5f32, (1, 3, 2), &Device::Cpu).unwrap();
-        let joint = Guidance::joint(&[(RunRole::Source, &cond), (RunRole::Target, &other)], &uncond, 3.0).unwrap();
-        let latents = Tensor::new(&[2f32, 4.0], &Device::Cpu).unwrap().reshape((2, 1, 1, 1, 1)).unwrap();
-        let step = StepInfo { index: 0, num_steps: 1, timestep: 801.0 };
+        let joint = Guidance::joint(
+            &[(RunRole::Source, &cond), (RunRole::Target, &other)],
+            &uncond,
+            3.0,
+        )
+        .unwrap();
+        let latents = Tensor::new(&[2f32, 4.0], &Device::Cpu)
+            .unwrap()
+            .reshape((2, 1, 1, 1, 1))
+            .unwrap();
+        let step = StepInfo {
+            index: 0,
+            num_steps: 1,
+            timestep: 801.0,
+        };
         let out = joint.predict(&denoiser, &latents, step, None).unwrap();
         {
             let calls = denoiser.calls.borrow();
             assert_eq!(calls.len(), 2, "one call per run");
             for (call, run) in calls.iter().zip([RunRole::Source, RunRole::Target]) {
-                assert_eq!(call.1, vec![BatchRole { branch: Branch::Uncond, run }, BatchRole { branch: Branch::Cond, run }]);
+                assert_eq!(
+                    call.1,
+                    vec![
+                        BatchRole {
+                            branch: Branch::Uncond,
+                            run
+                        },
+                        BatchRole {
+                            branch: Branch::Cond,
+                            run
+                        }
+                    ]
+                );
             }
         }
         for (row, (text, latent)) in [(&cond, 2f32), (&other, 4.0)].into_iter().enumerate() {
             let alone = Guidance::new(text, &uncond, 3.0).unwrap();
             let latent = Tensor::full(latent, (1, 1, 1, 1, 1), &Device::Cpu).unwrap();
             let expected = alone.predict(&denoiser, &latent, step, None).unwrap();
-            assert_eq!(out.narrow(0, row, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                       expected.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert_eq!(
+                out.narrow(0, row, 1)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+                expected.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
         }
     }
 

@@ -8,7 +8,9 @@ use serde::Deserialize;
 
 use super::sampling::{self, Anchor, Denoiser, Guidance};
 use super::{frames, EditParams, EditedVideos, GenerateParams, Progress, Stage, Video};
-use crate::attention::{AttentionControl, ForwardCtx, InjectingControl, Injection, RunRole, SiteInfo};
+use crate::attention::{
+    AttentionControl, ForwardCtx, InjectingControl, Injection, RunRole, SiteInfo,
+};
 use crate::clip::ClipTextModel;
 use crate::error::ModelError;
 use crate::model_info::{DerivedFacts, ModelInfo};
@@ -205,7 +207,11 @@ impl TextToVideoPipeline {
         for text in texts {
             ids.extend(self.tokenizer.encode(text)?);
         }
-        let ids = Tensor::from_vec(ids, (texts.len(), self.tokenizer.max_length()), &self.device)?;
+        let ids = Tensor::from_vec(
+            ids,
+            (texts.len(), self.tokenizer.max_length()),
+            &self.device,
+        )?;
         Ok(self.text_encoder.forward(&ids)?)
     }
 

@@ -7,7 +7,7 @@ use candle_nn::{Linear, VarBuilder};
 use crate::attention::{default_attention, AttentionCall, ForwardCtx, SiteInfo, SiteKind};
 
 use super::geglu::geglu;
-use super::norm::LayerNorm;
+use crate::norm::LayerNorm;
 
 /// The sites of a model in the order they are built, which is the order they run.
 #[derive(Debug, Default)]

@@ -7,12 +7,11 @@ pub mod config;
 mod embeddings;
 mod geglu;
 mod model;
-pub mod norm;
 mod resnet;
 mod transformer;
 mod video;
 
+pub use crate::norm::LayerNorm;
 pub use config::{BlockKind, PerBlock, SampleSize, UNet3DConfig};
 pub use embeddings::timestep_features;
 pub use model::UNet3DConditionModel;
-pub use norm::LayerNorm;

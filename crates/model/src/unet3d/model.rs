@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::norm::GroupNorm;
 
 use crate::attention::{ForwardCtx, SiteInfo};
 use crate::conv::SameConv3x3;
@@ -150,7 +152,7 @@ impl UNet3DConditionModel {
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: candle_nn::group_norm(
+            conv_norm_out: crate::norm::group_norm(
                 groups,
                 channels[0],
                 config.norm_eps,

@@ -2,7 +2,9 @@
 //! Upsample2D (diffusers `models/resnet.py`, `downsampling.py`, `upsampling.py`).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+
+use crate::norm::GroupNorm;
 
 use crate::conv::{FrameConv3, SameConv3x3};
 
@@ -67,7 +69,7 @@ impl ResnetBlock2D {
             None
         };
         Ok(Self {
-            norm1: candle_nn::group_norm(
+            norm1: crate::norm::group_norm(
                 settings.groups,
                 in_channels,
                 settings.eps,
@@ -79,7 +81,7 @@ impl ResnetBlock2D {
                 out_channels,
                 vb.pp("time_emb_proj"),
             )?,
-            norm2: candle_nn::group_norm(
+            norm2: crate::norm::group_norm(
                 settings.groups,
                 out_channels,
                 settings.eps,
@@ -138,7 +140,7 @@ impl TemporalConvStage {
     ) -> Result<Self> {
         Ok(Self {
             // TemporalConvLayer's GroupNorm keeps PyTorch's default eps.
-            norm: candle_nn::group_norm(groups, in_dim, 1e-5, vb.pp("0"))?,
+            norm: crate::norm::group_norm(groups, in_dim, 1e-5, vb.pp("0"))?,
             conv: FrameConv3::new(in_dim, out_dim, vb.pp(conv_index.to_string()))?,
         })
     }

@@ -2,7 +2,9 @@
 //! `TransformerTemporalModel`, each with one `BasicTransformerBlock`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::norm::GroupNorm;
 
 use crate::attention::{ForwardCtx, SiteKind};
 
@@ -37,7 +39,7 @@ impl Transformer2D {
     ) -> Result<Self> {
         let inner = spec.heads * spec.head_dim;
         Ok(Self {
-            norm: candle_nn::group_norm(spec.groups, spec.channels, 1e-6, vb.pp("norm"))?,
+            norm: crate::norm::group_norm(spec.groups, spec.channels, 1e-6, vb.pp("norm"))?,
             proj_in: candle_nn::linear(spec.channels, inner, vb.pp("proj_in"))?,
             block: BasicTransformerBlock::new(
                 BlockAttention {
@@ -91,7 +93,7 @@ impl TransformerTemporal {
     pub fn new(spec: TransformerSpec, vb: VarBuilder, sites: &mut SiteRegistry) -> Result<Self> {
         let inner = spec.heads * spec.head_dim;
         Ok(Self {
-            norm: candle_nn::group_norm(spec.groups, spec.channels, 1e-6, vb.pp("norm"))?,
+            norm: crate::norm::group_norm(spec.groups, spec.channels, 1e-6, vb.pp("norm"))?,
             proj_in: candle_nn::linear(spec.channels, inner, vb.pp("proj_in"))?,
             block: BasicTransformerBlock::new(
                 BlockAttention {

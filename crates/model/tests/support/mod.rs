@@ -17,12 +17,21 @@ pub fn test_device() -> Device {
 }
 
 fn on_cpu_f64(t: &Tensor) -> Tensor {
-    t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F64).unwrap()
+    t.to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
 }
 
 /// max |t|, computed in f64 on the CPU.
 pub fn max_abs(t: &Tensor) -> f64 {
-    on_cpu_f64(t).abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    on_cpu_f64(t)
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 /// max |a − b|, computed in f64 on the CPU (0 exactly when the tensors are bit-identical).
@@ -37,5 +46,8 @@ pub fn assert_close(what: &str, out: &Tensor, reference: &Tensor, rel: f64) {
     let diff = max_abs_diff(out, reference);
     let scale = max_abs(reference);
     let bound = rel * scale.max(1.0);
-    assert!(diff <= bound, "{what}: max abs diff {diff:e} > {bound:e} (max |ref| {scale})");
+    assert!(
+        diff <= bound,
+        "{what}: max abs diff {diff:e} > {bound:e} (max |ref| {scale})"
+    );
 }

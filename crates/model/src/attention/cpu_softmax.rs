@@ -1,0 +1,204 @@
+//! softmax(q·kᵀ·scale)·v on the CPU in one pass per query row, with each row's entropy when asked.
+//!
+//! The maps of the default model are tiny (16×16 temporal, 64×64 spatial, 64×77 cross-attention)
+//! and there are thousands per call: candle evaluates them as a batched product, a softmax and a
+//! second product, each allocating its result and spending more time in dispatch and copies than
+//! in arithmetic. Here every map row is computed where it is used: its logits, their exponentials
+//! (a polynomial that the compiler vectorises, instead of one libm call per entry), the weighted
+//! sum of the values and, when statistics are recorded, the row's entropy. Maps are independent,
+//! so the result does not depend on how rayon splits them, and the output is the same whether or
+//! not the entropy is measured.
+
+use candle_core::{DType, Device, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu_math::{call_vectorised, exp_non_positive, lane_dot, lane_max, lane_sum, transpose};
+
+/// The output `[R, Nq, dv]` and, when `measure`, each map's summed query-row entropy `[R]` (f64),
+/// or `None` when the inputs are not f32 tensors on the CPU (the caller then uses candle's ops).
+pub(crate) fn softmax_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    logit_scale: f64,
+    measure: bool,
+) -> Result<Option<(Tensor, Option<Tensor>)>> {
+    if !q.device().is_cpu() || [q, k, v].iter().any(|t| t.dtype() != DType::F32) {
+        return Ok(None);
+    }
+    let (rows, queries, depth) = q.dims3()?;
+    let (_, keys, value_depth) = v.dims3()?;
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let mut out = vec![0f32; rows * queries * value_depth];
+    let mut entropy = vec![0f64; rows];
+    with_f32_slices(&q, &k, &v, |q, k, v| {
+        let shape = MapShape {
+            keys,
+            depth,
+            value_depth,
+        };
+        out.par_chunks_mut(queries * value_depth)
+            .zip(entropy.par_iter_mut())
+            .enumerate()
+            .for_each(|(row, (out, entropy))| {
+                let q = &q[row * queries * depth..][..queries * depth];
+                let k = &k[row * keys * depth..][..keys * depth];
+                let v = &v[row * keys * value_depth..][..keys * value_depth];
+                let logit_scale = logit_scale as f32;
+                *entropy = call_vectorised!(attend_map => f64;
+                    shape: MapShape, q: &[f32], k: &[f32], v: &[f32], logit_scale: f32,
+                    measure: bool, out: &mut [f32]);
+            });
+    })?;
+    let out = Tensor::from_vec(out, (rows, queries, value_depth), &Device::Cpu)?;
+    let entropy = measure
+        .then(|| Tensor::from_vec(entropy, rows, &Device::Cpu))
+        .transpose()?;
+    Ok(Some((out, entropy)))
+}
+
+/// Calls `f` with the contiguous f32 data of three CPU tensors.
+fn with_f32_slices(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    f: impl FnOnce(&[f32], &[f32], &[f32]),
+) -> Result<()> {
+    let (q_storage, q_layout) = q.storage_and_layout();
+    let (k_storage, k_layout) = k.storage_and_layout();
+    let (v_storage, v_layout) = v.storage_and_layout();
+    match (&*q_storage, &*k_storage, &*v_storage) {
+        (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) => {
+            let q = &qs.as_slice::<f32>()?[q_layout.start_offset()..][..q.elem_count()];
+            let k = &ks.as_slice::<f32>()?[k_layout.start_offset()..][..k.elem_count()];
+            let v = &vs.as_slice::<f32>()?[v_layout.start_offset()..][..v.elem_count()];
+            f(q, k, v);
+            Ok(())
+        }
+        _ => candle_core::bail!("softmax_attention: tensors are not on the CPU"),
+    }
+}
+
+/// Sizes of one map: its query rows are walked by chunks of `depth`, so their count is implicit.
+#[derive(Clone, Copy)]
+struct MapShape {
+    keys: usize,
+    depth: usize,
+    value_depth: usize,
+}
+
+/// One map: writes `out` `[Nq, dv]`, returns the summed entropy of its rows (0 unless `measure`).
+/// Each inner loop runs along a contiguous axis without a floating-point reduction (or with one
+/// split into lanes), which the compiler vectorises.
+#[inline(always)]
+fn attend_map(
+    shape: MapShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    logit_scale: f32,
+    measure: bool,
+    out: &mut [f32],
+) -> f64 {
+    let MapShape {
+        keys,
+        depth,
+        value_depth,
+    } = shape;
+    // kᵀ `[d, Nk]` and vᵀ `[dv, Nk]`: a row's logits are d multiply-adds along the keys, and
+    // each output entry is one dot product along them.
+    let keys_t = transpose(k, keys, depth);
+    let values_t = transpose(v, keys, value_depth);
+    let mut logits = vec![0f32; keys];
+    let mut weights = vec![0f32; keys];
+    let mut entropy_sum = 0f64;
+    for (query, out_row) in q.chunks_exact(depth).zip(out.chunks_exact_mut(value_depth)) {
+        logits.fill(0.0);
+        for (c, &x) in query.iter().enumerate() {
+            let x = x * logit_scale;
+            for (logit, &key) in logits.iter_mut().zip(&keys_t[c * keys..(c + 1) * keys]) {
+                *logit += x * key;
+            }
+        }
+        let max = lane_max(&logits);
+        for (weight, &logit) in weights.iter_mut().zip(&logits) {
+            *weight = exp_non_positive(logit - max);
+        }
+        let total = lane_sum(&weights);
+        let inverse = 1.0 / total;
+        for (o, values) in out_row.iter_mut().zip(values_t.chunks_exact(keys)) {
+            *o = lane_dot(&weights, values) * inverse;
+        }
+        if measure {
+            // H = logsumexp(s) − Σ p·s, with logsumexp = max + ln Σ exp(s − max).
+            let expected_logit = lane_dot(&weights, &logits) * inverse;
+            entropy_sum += f64::from(max) + f64::from(total).ln() - f64::from(expected_logit);
+        }
+    }
+    entropy_sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::D;
+
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
+        let logits = (q * scale)?.matmul(&k.t()?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+        let log_sum_exp =
+            (logits.max_keepdim(D::Minus1)? - probs.max_keepdim(D::Minus1)?.log()?)?;
+        let entropy = (log_sum_exp - (&probs * &logits)?.sum_keepdim(D::Minus1)?)?
+            .squeeze(D::Minus1)?
+            .to_dtype(DType::F64)?
+            .sum(D::Minus1)?;
+        Ok((probs.matmul(v)?, entropy))
+    }
+
+    #[test]
+    fn agrees_with_candle_on_maps_of_every_site_shape() -> Result<()> {
+        let device = Device::Cpu;
+        // (maps, queries, keys, depth, value depth): temporal, spatial, cross-attention, odd sizes.
+        for (rows, queries, keys, depth, value_depth) in [
+            (6, 16, 16, 4, 4),
+            (3, 64, 64, 16, 16),
+            (2, 64, 77, 8, 8),
+            (2, 5, 11, 3, 7),
+        ] {
+            let q = (Tensor::randn(0f32, 1.0, (rows, queries, depth), &device)? * 3.0)?;
+            let k = Tensor::randn(0f32, 1.0, (rows, keys, depth), &device)?;
+            let v = Tensor::randn(0f32, 1.0, (rows, keys, value_depth), &device)?;
+            let scale = 1.0 / (depth as f64).sqrt();
+            let (out, entropy) = softmax_attention(&q, &k, &v, scale, true)?.unwrap();
+            let (expected_out, expected_entropy) = reference(&q, &k, &v, scale)?;
+            let out_error = (out - expected_out)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                out_error < 1e-5,
+                "{rows}x{queries}x{keys}: output off by {out_error}"
+            );
+            let entropy = entropy.unwrap().to_vec1::<f64>()?;
+            for (got, want) in entropy.iter().zip(expected_entropy.to_vec1::<f64>()?) {
+                assert!(
+                    (got - want).abs() < 1e-4 * queries as f64,
+                    "entropy {got} vs {want}"
+                );
+            }
+            let (unmeasured, none) = softmax_attention(&q, &k, &v, scale, false)?.unwrap();
+            let (measured, _) = softmax_attention(&q, &k, &v, scale, true)?.unwrap();
+            assert!(none.is_none());
+            let gap = (unmeasured - measured)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert_eq!(gap, 0.0, "measuring changed the output");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn leaves_other_dtypes_to_candle() -> Result<()> {
+        let q = Tensor::zeros((1, 2, 2), DType::F64, &Device::Cpu)?;
+        assert!(softmax_attention(&q, &q, &q, 1.0, false)?.is_none());
+        Ok(())
+    }
+}

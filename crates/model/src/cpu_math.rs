@@ -1,0 +1,169 @@
+//! Building blocks of the hand-written CPU kernels (attention, normalisation): reductions written
+//! as eight interleaved partial results and an exponential made of arithmetic only, forms that the
+//! compiler vectorises once they are inlined into a function compiled for AVX2 (see
+//! [`has_avx2_fma`]). Rust does not reorder floating-point sums by itself, so a plain `.sum()`
+//! stays one scalar chain.
+
+/// Calls `$kernel(args…)`, an `#[inline(always)]` function, compiled for AVX2 and FMA where the
+/// CPU has them: the kernel is inlined into a `#[target_feature]` twin defined here, so its loops
+/// are vectorised with 256-bit instructions (a closure would not reliably be inlined into it).
+/// Arguments are local variables, given with their types.
+macro_rules! call_vectorised {
+    ($kernel:path => $ret:ty; $($arg:ident: $ty:ty),* $(,)?) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2($($arg: $ty),*) -> $ret {
+            $kernel($($arg),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        let result = if $crate::cpu_math::has_avx2_fma() {
+            // SAFETY: the CPU has the features `avx2` is compiled for.
+            unsafe { avx2($($arg),*) }
+        } else {
+            $kernel($($arg),*)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let result = $kernel($($arg),*);
+        result
+    }};
+}
+pub(crate) use call_vectorised;
+
+/// Whether this CPU runs AVX2 and FMA code (checked once; kernels then call their
+/// `#[target_feature(enable = "avx2,fma")]` variant).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma() -> bool {
+    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    })
+}
+
+/// `[rows, cols]` → `[cols, rows]`.
+#[inline(always)]
+pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * cols];
+    for (r, row) in x.chunks_exact(cols).enumerate() {
+        for (c, &value) in row.iter().enumerate() {
+            out[c * rows + r] = value;
+        }
+    }
+    out
+}
+
+/// The largest entry, in eight interleaved partial maxima.
+#[inline(always)]
+pub(crate) fn lane_max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for chunk in chunks {
+        for (lane, &value) in lanes.iter_mut().zip(chunk) {
+            *lane = if value > *lane { value } else { *lane };
+        }
+    }
+    lanes.iter().copied().fold(tail, f32::max)
+}
+
+/// Σ x in eight interleaved partial sums (a form the compiler vectorises).
+#[inline(always)]
+pub(crate) fn lane_sum(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (lane, &value) in lanes.iter_mut().zip(chunk) {
+            *lane += value;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Σ a·b in eight interleaved partial sums.
+#[inline(always)]
+pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += x * y;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// exp(x) for x ≤ 0 (a logit minus its row's maximum), within 2 ulp of the exact value: x = n·ln 2
+/// + r with |r| ≤ ln 2 / 2, exp(r) by Cephes' degree-6 polynomial, 2ⁿ by building the exponent
+/// bits. Below −87 (where exp(x) < 2⁻¹²⁶, a subnormal) it returns 0.
+#[inline(always)]
+pub(crate) fn exp_non_positive(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n·LN2_HI is exact for the n that occur.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let clamped = x.max(-87.0);
+    let n = (clamped * LOG2_E + 0.5).floor();
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let r2 = r * r;
+    let poly = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let exp_r = poly * r2 + r + 1.0;
+    // 2ⁿ from its exponent bits n + 127 ∈ [1, 127], read off the mantissa of (n + 127) + 2²³
+    // rather than by a float-to-int cast, which the compiler does not vectorise (nor checked
+    // integer arithmetic: overflow checks are on in test builds).
+    let biased = (n + 127.0 + 8_388_608.0).to_bits() & 0x007f_ffff;
+    let scale = f32::from_bits(biased.wrapping_shl(23));
+    let value = exp_r * scale;
+    if x < -87.0 {
+        0.0
+    } else {
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_the_standard_library_to_a_few_ulp() {
+        let mut worst = 0f32;
+        for i in 0..=200_000 {
+            let x = -87.0 * i as f32 / 200_000.0;
+            let (fast, exact) = (exp_non_positive(x), x.exp());
+            worst = worst.max((fast - exact).abs() / exact);
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!(exp_non_positive(-100.0), 0.0);
+        assert_eq!(exp_non_positive(0.0), 1.0);
+    }
+
+    #[test]
+    fn lane_reductions_agree_with_plain_ones() {
+        let x: Vec<f32> = (0..77).map(|i| ((i * 37) % 19) as f32 - 9.0).collect();
+        let y: Vec<f32> = (0..77).map(|i| (i % 5) as f32 * 0.5).collect();
+        assert_eq!(lane_sum(&x), x.iter().sum::<f32>());
+        assert_eq!(
+            lane_dot(&x, &y),
+            x.iter().zip(&y).map(|(a, b)| a * b).sum::<f32>()
+        );
+        assert_eq!(lane_max(&x), 9.0);
+        assert_eq!(
+            transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3),
+            vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
+        );
+    }
+}
