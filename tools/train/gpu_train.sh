@@ -59,7 +59,10 @@ case "$1" in
             --prompts "$WORK/$run/$split-samples.json" --out "$WORK/$run/${split}_report.json"
       done
       cp "$WORK/$run/model.log.json" "$WORK/$run/train_log.json" 2>/dev/null
-      tar -C "$WORK/$run" -cf - model held-out_report.json train-split_report.json train_log.json \
+      # Whether the model reads each kind of prompt word (the motion words above all).
+      python3 tools/train/probe_conditioning.py --model "$WORK/$run/model" \
+          --data "$WORK/held-out.safetensors" --clips 48 2>/dev/null | tee "$WORK/$run/probe.txt"
+      tar -C "$WORK/$run" -cf - model held-out_report.json train-split_report.json train_log.json probe.txt \
         | xz -1 -T4 | split -b 15M - "$out/run_$run.tar.xz.part-"
     done ;;
 esac
