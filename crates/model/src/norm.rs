@@ -16,7 +16,7 @@ use candle_core::{DType, Module, Result, Storage, Tensor, D};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::cpu_math::{call_vectorised, lane_sum};
+use crate::cpu_math::{call_vectorised, exp_non_positive, lane_sum};
 
 /// `nn.GroupNorm(groups, channels, eps)` with an affine transform, over `[N, C, ...]`.
 #[derive(Debug, Clone)]
@@ -44,7 +44,7 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
 
 impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(out) = self.forward_cpu(x)? {
+        if let Some(out) = self.forward_cpu::<false>(x)? {
             return Ok(out);
         }
         self.composed.forward(x)
@@ -52,7 +52,16 @@ impl Module for GroupNorm {
 }
 
 impl GroupNorm {
-    fn forward_cpu(&self, x: &Tensor) -> Result<Option<Tensor>> {
+    /// silu(group_norm(x)), the opening of every resnet and temporal convolution stage; on the CPU
+    /// the activation is applied in the normalising pass.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(out) = self.forward_cpu::<true>(x)? {
+            return Ok(out);
+        }
+        candle_nn::ops::silu(&self.composed.forward(x)?)
+    }
+
+    fn forward_cpu<const SILU: bool>(&self, x: &Tensor) -> Result<Option<Tensor>> {
         if !is_cpu_f32(x) || !is_cpu_f32(&self.weight) || !is_cpu_f32(&self.bias) || x.rank() < 2 {
             return Ok(None);
         }
@@ -65,15 +74,23 @@ impl GroupNorm {
             let first_channel = (group_index % self.groups) * per_group;
             let weight = &weight[first_channel..first_channel + per_group];
             let bias = &bias[first_channel..first_channel + per_group];
+            let silu = SILU;
             call_vectorised!(normalize_group => ();
-                input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32)
+                input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32, silu: bool)
         })
     }
 }
 
-/// One group `[C/G, spatial…]`: out = (x − mean)/std · weight[c] + bias[c].
+/// One group `[C/G, spatial…]`: out = (x − mean)/std · weight[c] + bias[c], then silu when `silu`.
 #[inline(always)]
-fn normalize_group(input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+fn normalize_group(
+    input: &[f32],
+    out: &mut [f32],
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+    silu: bool,
+) {
     let (mean, inv_std) = mean_and_inv_std(input, eps);
     let spatial = input.len() / weight.len();
     for (((input, out), &w), &b) in input
@@ -85,9 +102,18 @@ fn normalize_group(input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32],
         let scale = inv_std * w;
         let shift = b - mean * scale;
         for (o, &v) in out.iter_mut().zip(input) {
-            *o = v * scale + shift;
+            let y = v * scale + shift;
+            *o = if silu { y * sigmoid(y) } else { y };
         }
     }
+}
+
+/// 1/(1 + e^−y) from exp of a non-positive argument only (no overflow for either sign).
+#[inline(always)]
+fn sigmoid(y: f32) -> f32 {
+    let e = exp_non_positive(-y.abs());
+    let numerator = if y >= 0.0 { 1.0 } else { e };
+    numerator / (1.0 + e)
 }
 
 /// One row: out = (x − mean)/std · weight + bias.
@@ -226,6 +252,11 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(gap < 1e-5, "group norm off by {gap}");
+        let gap = (norm.forward_silu(&x)? - candle_nn::ops::silu(&composed.forward(&x)?)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(gap < 1e-5, "group norm + silu off by {gap}");
 
         let layer = LayerNorm {
             weight,

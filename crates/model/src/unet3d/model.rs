@@ -259,7 +259,7 @@ impl UNet3DConditionModel {
             x = block.forward(&x, &block_skips, upsample_size, &inputs, ctx)?;
         }
 
-        let x = candle_nn::ops::silu(&self.conv_norm_out.forward(&x)?)?;
+        let x = self.conv_norm_out.forward_silu(&x)?;
         let x = self.conv_out.forward(&x)?;
         let (_, out_channels, out_h, out_w) = x.dims4()?;
         x.reshape((batch, frames, out_channels, out_h, out_w))?

@@ -94,11 +94,19 @@ impl ResnetBlock2D {
         })
     }
 
+    /// activation(norm(x)), with silu fused into the norm where it can be.
+    fn normalize_and_activate(&self, norm: &GroupNorm, x: &Tensor) -> Result<Tensor> {
+        match self.activation {
+            Activation::Silu => norm.forward_silu(x),
+            other => other.forward(&norm.forward(x)?),
+        }
+    }
+
     /// `x` `[B*F, C, H, W]`, `temb` `[B, T]` (one embedding per batch item, shared by its frames).
     pub fn forward(&self, x: &Tensor, temb: &Tensor, video: VideoShape) -> Result<Tensor> {
         let h = self
             .conv1
-            .forward(&self.activation.forward(&self.norm1.forward(x)?)?)?;
+            .forward(&self.normalize_and_activate(&self.norm1, x)?)?;
         let (_, channels, height, width) = h.dims4()?;
         let t = self
             .time_emb_proj
@@ -109,7 +117,7 @@ impl ResnetBlock2D {
             .reshape((video.batch * video.frames, channels, height, width))?;
         let h = self
             .conv2
-            .forward(&self.activation.forward(&self.norm2.forward(&h)?)?)?;
+            .forward(&self.normalize_and_activate(&self.norm2, &h)?)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
@@ -147,8 +155,7 @@ impl TemporalConvStage {
 
     /// `x` `[B, C, F, H*W]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv
-            .forward(&candle_nn::ops::silu(&self.norm.forward(x)?)?)
+        self.conv.forward(&self.norm.forward_silu(x)?)
     }
 }
 
