@@ -150,21 +150,9 @@ impl Module for FrameConv3 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::max_abs_diff;
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     fn random_vars(map: &VarMap) {
         for (i, var) in map.all_vars().iter().enumerate() {

@@ -17,6 +17,8 @@ pub mod noise;
 pub mod norm;
 pub mod pipeline;
 pub mod scheduler;
+#[cfg(test)]
+mod test_support;
 pub mod tokenizer;
 pub mod unet3d;
 pub mod vae;

@@ -231,6 +231,7 @@ fn map_cpu_f32(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::max_abs_diff;
     use candle_core::Device;
 
     #[test]
@@ -247,15 +248,12 @@ mod tests {
             eps: 1e-5,
             composed: composed.clone(),
         };
-        let gap = (norm.forward(&x)? - composed.forward(&x)?)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f32>()?;
+        let gap = max_abs_diff(&norm.forward(&x)?, &composed.forward(&x)?);
         assert!(gap < 1e-5, "group norm off by {gap}");
-        let gap = (norm.forward_silu(&x)? - candle_nn::ops::silu(&composed.forward(&x)?)?)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f32>()?;
+        let gap = max_abs_diff(
+            &norm.forward_silu(&x)?,
+            &candle_nn::ops::silu(&composed.forward(&x)?)?,
+        );
         assert!(gap < 1e-5, "group norm + silu off by {gap}");
 
         let layer = LayerNorm {
@@ -264,10 +262,7 @@ mod tests {
             eps: 1e-5,
         };
         let rows = x.reshape((30, 8))?;
-        let gap = (layer.forward(&rows)? - layer.forward_composed(&rows)?)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f32>()?;
+        let gap = max_abs_diff(&layer.forward(&rows)?, &layer.forward_composed(&rows)?);
         assert!(gap < 1e-5, "layer norm off by {gap}");
         Ok(())
     }

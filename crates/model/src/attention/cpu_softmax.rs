@@ -144,6 +144,7 @@ fn attend_map(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::max_abs_diff;
     use candle_core::D;
 
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
@@ -174,7 +175,7 @@ mod tests {
             let scale = 1.0 / (depth as f64).sqrt();
             let (out, entropy) = softmax_attention(&q, &k, &v, scale, true)?.unwrap();
             let (expected_out, expected_entropy) = reference(&q, &k, &v, scale)?;
-            let out_error = (out - expected_out)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let out_error = max_abs_diff(&out, &expected_out);
             assert!(
                 out_error < 1e-5,
                 "{rows}x{queries}x{keys}: output off by {out_error}"
@@ -189,10 +190,7 @@ mod tests {
             let (unmeasured, none) = softmax_attention(&q, &k, &v, scale, false)?.unwrap();
             let (measured, _) = softmax_attention(&q, &k, &v, scale, true)?.unwrap();
             assert!(none.is_none());
-            let gap = (unmeasured - measured)?
-                .abs()?
-                .max_all()?
-                .to_scalar::<f32>()?;
+            let gap = max_abs_diff(&unmeasured, &measured);
             assert_eq!(gap, 0.0, "measuring changed the output");
         }
         Ok(())

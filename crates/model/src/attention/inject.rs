@@ -170,7 +170,8 @@ impl AttentionControl for InjectingControl<'_> {
 mod tests {
     use super::*;
     use crate::attention::{SiteInfo, SiteKind};
-    use candle_core::{DType, Device};
+    use crate::test_support::max_abs_diff;
+    use candle_core::Device;
 
     fn roles() -> Vec<BatchRole> {
         [RunRole::Source, RunRole::Target]
@@ -232,23 +233,11 @@ mod tests {
         // Items 0..3 keep their own maps; item 3 (target cond) uses item 1's map on its own values.
         let head = |t: &Tensor, item: usize| t.narrow(0, item * 2, 2).unwrap();
         let expected = default_attention(&head(&q, 1), &head(&k, 1), &head(&v, 3), 0.7).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_dtype(DType::F32)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(diff(&head(&out, 3), &expected) < 1e-6);
+        assert!(max_abs_diff(&head(&out, 3), &expected) < 1e-6);
         for item in 0..3 {
-            assert_eq!(diff(&head(&out, item), &head(&default, item)), 0.0);
+            assert_eq!(max_abs_diff(&head(&out, item), &head(&default, item)), 0.0);
         }
-        assert!(diff(&head(&out, 3), &head(&default, 3)) > 1e-3);
+        assert!(max_abs_diff(&head(&out, 3), &head(&default, 3)) > 1e-3);
         // Step 2 of 4 is outside [0, 0.5): nothing is changed or computed.
         assert!(control.attend(&step(2), &roles(), &call).unwrap().is_none());
         // Another site is untouched.
@@ -280,14 +269,7 @@ mod tests {
             let expected =
                 default_attention(&head(&q, source), &head(&k, source), &head(&v, target), 1.0)
                     .unwrap();
-            let diff = (head(&out, target) - expected)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&head(&out, target), &expected);
             assert!(diff < 1e-6);
         }
     }
@@ -337,14 +319,7 @@ mod tests {
             .attend(&step(0), &roles(), &joint_call)
             .unwrap()
             .unwrap();
-        let diff = (out - half(&joint, 1))
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&out, &half(&joint, 1));
         assert_eq!(diff, 0.0);
         // Used rows are freed: a second target call of the same step has nothing to take.
         assert!(control.attend(&step(0), target_roles, &call_of(1)).is_err());

@@ -592,6 +592,7 @@ pub fn mixed_entropy(probs: &Tensor, lambda: f64, keys: usize) -> Result<Tensor>
 mod tests {
     use super::*;
     use crate::attention::site::{SiteInfo, SiteKind};
+    use crate::test_support::max_abs_diff;
     use candle_core::Device;
 
     fn tensor(data: &[f32], shape: (usize, usize, usize)) -> Tensor {
@@ -610,17 +611,6 @@ mod tests {
     /// Mean normalised row entropy of one measured call.
     fn mean_normalized_entropy_of(stats: &MapStats) -> f64 {
         normalized_entropy(mean_entropy(stats), stats.keys)
-    }
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     fn cat(parts: &[&Tensor]) -> Tensor {
@@ -696,14 +686,7 @@ mod tests {
         let ln_n = (n as f64).ln();
         assert!((mean_entropy(&softmax_stats) - ln_n).abs() < 1e-6);
         assert!((mean_entropy(&uniform_stats) - ln_n).abs() < 1e-12);
-        let diff = (softmax_out - &uniform_out)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&softmax_out, &uniform_out);
         assert!(diff < 1e-4);
         // Every query row of the uniform output is the mean of the values: row 0 of item 0 is
         // mean over keys of [0,1,2,3], [4,..], ... = [8, 9, 10, 11].
@@ -759,14 +742,7 @@ mod tests {
         let mixed = measure(&q, &k, &v, Some(MapOp::MixUniform { lambda })).0;
         let expected =
             ((attended * (1.0 - lambda)).unwrap() + (uniform * lambda).unwrap()).unwrap();
-        let diff = (mixed - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&mixed, &expected);
         assert!(diff < 1e-6);
     }
 
@@ -813,14 +789,7 @@ mod tests {
             for block in [20, 63 * 2] {
                 let (split, split_stats) =
                     apply_map_in_blocks(&q, &k, &v, 0.5, op, true, block).unwrap();
-                let diff = (&whole - split)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = max_abs_diff(&whole, &split);
                 assert!(diff < 1e-6, "{op:?} block {block}: {diff}");
                 let (a, b) = (whole_stats.as_ref().unwrap(), split_stats.unwrap());
                 for (x, y) in a.entropy_sums.iter().zip(&b.entropy_sums) {
@@ -851,7 +820,7 @@ mod tests {
             // Blocks of 20 logits split each map by query rows: the same search finds the same
             // temperature.
             let (split, split_stats) = apply_map_in_blocks(&q, &k, &v, 1.0, op, true, 20).unwrap();
-            assert!(max_difference(&out, &split) < 1e-6);
+            assert!(max_abs_diff(&out, &split) < 1e-6);
             assert!((mean_normalized_entropy_of(&split_stats.unwrap()) - reached).abs() < 1e-9);
         }
     }
@@ -941,12 +910,12 @@ mod tests {
         let op = Some(MapOp::CrossFrameScale { weight: 5.0 });
         let default_out = measure(&q, &k, &v, None).0;
         let out = measure(&q, &k, &v, op).0;
-        assert!(max_difference(&out, &(&default_out * 2.0).unwrap()) < 1e-5);
+        assert!(max_abs_diff(&out, &(&default_out * 2.0).unwrap()) < 1e-5);
         // Blocks of 4 logits: one query row of a map at a time, the same diagonal.
         let split = apply_map_in_blocks(&q, &k, &v, 1.0, op, false, 4)
             .unwrap()
             .0;
-        assert!(max_difference(&out, &split) < 1e-6);
+        assert!(max_abs_diff(&out, &split) < 1e-6);
         // One frame: nothing to attend across, the scale is 1.
         let (q1, k1, v1) = (
             q.narrow(1, 0, 1).unwrap(),
@@ -1014,12 +983,12 @@ mod tests {
                 &default_attention(&items[1].0, &items[1].1, &items[1].2, 1.0).unwrap(),
                 &pooled.narrow(0, 1, 1).unwrap(),
             ]);
-            assert!(max_difference(&out, &expected) < 1e-6, "{op:?}");
+            assert!(max_abs_diff(&out, &expected) < 1e-6, "{op:?}");
             let alone = apply_map(&items[2].0, &items[2].1, &items[2].2, 1.0, Some(op), false)
                 .unwrap()
                 .0;
             assert!(
-                max_difference(&out.narrow(0, 2, 1).unwrap(), &alone) > 1e-3,
+                max_abs_diff(&out.narrow(0, 2, 1).unwrap(), &alone) > 1e-3,
                 "{op:?}"
             );
         }
