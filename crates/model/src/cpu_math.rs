@@ -4,6 +4,8 @@
 //! [`has_avx2_fma`]). Rust does not reorder floating-point sums by itself, so a plain `.sum()`
 //! stays one scalar chain.
 
+use candle_core::{Layout, Result, Storage};
+
 /// Calls `$kernel(args…)`, an `#[inline(always)]` function, compiled for AVX2 and FMA where the
 /// CPU has them: the kernel is inlined into a `#[target_feature]` twin defined here, so its loops
 /// are vectorised with 256-bit instructions (a closure would not reliably be inlined into it).
@@ -28,6 +30,21 @@ macro_rules! call_vectorised {
     }};
 }
 pub(crate) use call_vectorised;
+
+/// The f32 data of a contiguous tensor on the CPU, read through its storage guard
+/// (`Tensor::storage_and_layout`); `None` for data on another device.
+pub(crate) fn cpu_f32_data<'a>(
+    storage: &'a Storage,
+    layout: &Layout,
+    elements: usize,
+) -> Result<Option<&'a [f32]>> {
+    let Storage::Cpu(cpu) = storage else {
+        return Ok(None);
+    };
+    Ok(Some(
+        &cpu.as_slice::<f32>()?[layout.start_offset()..][..elements],
+    ))
+}
 
 /// Whether this CPU runs AVX2 and FMA code (checked once; kernels then call their
 /// `#[target_feature(enable = "avx2,fma")]` variant).

@@ -12,34 +12,49 @@
 //! each group (or row) is normalised by one kernel call instead: mean, centred variance and the
 //! affine transform over its contiguous data.
 
-use candle_core::{DType, Module, Result, Storage, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::cpu_math::{call_vectorised, exp_non_positive, lane_sum};
+use crate::cpu_math::{call_vectorised, cpu_f32_data, exp_non_positive, lane_sum};
+
+/// The affine parameters as host vectors, read once when the module is built on the CPU in f32
+/// (`None` elsewhere: the composed ops run there).
+#[derive(Debug, Clone)]
+struct CpuAffine {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl CpuAffine {
+    fn of(weight: &Tensor, bias: &Tensor) -> Result<Option<Self>> {
+        if !is_cpu_f32(weight) || !is_cpu_f32(bias) {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            weight: weight.to_vec1()?,
+            bias: bias.to_vec1()?,
+        }))
+    }
+}
 
 /// `nn.GroupNorm(groups, channels, eps)` with an affine transform, over `[N, C, ...]`.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
-    weight: Tensor,
-    bias: Tensor,
     groups: usize,
     eps: f64,
+    cpu_affine: Option<CpuAffine>,
     composed: candle_nn::GroupNorm,
 }
 
 /// The weights `weight` and `bias` of a `GroupNorm` under `vb` (candle_nn's `group_norm`).
 pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
-    let weight = vb.get(channels, "weight")?;
-    let bias = vb.get(channels, "bias")?;
-    let composed = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps)?;
-    Ok(GroupNorm {
-        weight,
-        bias,
+    GroupNorm::new(
+        vb.get(channels, "weight")?,
+        vb.get(channels, "bias")?,
         groups,
         eps,
-        composed,
-    })
+    )
 }
 
 impl Module for GroupNorm {
@@ -52,6 +67,16 @@ impl Module for GroupNorm {
 }
 
 impl GroupNorm {
+    pub fn new(weight: Tensor, bias: Tensor, groups: usize, eps: f64) -> Result<Self> {
+        let channels = weight.elem_count();
+        Ok(Self {
+            groups,
+            eps,
+            cpu_affine: CpuAffine::of(&weight, &bias)?,
+            composed: candle_nn::GroupNorm::new(weight, bias, channels, groups, eps)?,
+        })
+    }
+
     /// silu(group_norm(x)), the opening of every resnet and temporal convolution stage; on the CPU
     /// the activation is applied in the normalising pass.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
@@ -62,13 +87,16 @@ impl GroupNorm {
     }
 
     fn forward_cpu<const SILU: bool>(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        if !is_cpu_f32(x) || !is_cpu_f32(&self.weight) || !is_cpu_f32(&self.bias) || x.rank() < 2 {
+        let Some(affine) = &self.cpu_affine else {
+            return Ok(None);
+        };
+        if !is_cpu_f32(x) || x.rank() < 2 {
             return Ok(None);
         }
         let channels = x.dim(1)?;
         let spatial = x.dims()[2..].iter().product::<usize>();
         let per_group = channels / self.groups;
-        let (weight, bias) = (self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?);
+        let (weight, bias) = (&affine.weight, &affine.bias);
         let eps = self.eps as f32;
         map_cpu_f32(x, per_group * spatial, |group_index, input, out| {
             let first_channel = (group_index % self.groups) * per_group;
@@ -131,24 +159,29 @@ pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
+    cpu_affine: Option<CpuAffine>,
 }
 
 impl LayerNorm {
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Self::from_tensors(vb.get(dim, "weight")?, vb.get(dim, "bias")?, eps)
+    }
+
+    fn from_tensors(weight: Tensor, bias: Tensor, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(dim, "weight")?,
-            bias: vb.get(dim, "bias")?,
+            cpu_affine: CpuAffine::of(&weight, &bias)?,
+            weight,
+            bias,
             eps,
         })
     }
 
     /// Normalises over the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if is_cpu_f32(x) && is_cpu_f32(&self.weight) && is_cpu_f32(&self.bias) {
-            let (weight, bias) = (self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?);
+        if let (Some(affine), true) = (&self.cpu_affine, is_cpu_f32(x)) {
             let eps = self.eps as f32;
             let row = x.dim(D::Minus1)?;
-            let (weight, bias) = (weight.as_slice(), bias.as_slice());
+            let (weight, bias) = (affine.weight.as_slice(), affine.bias.as_slice());
             let out = map_cpu_f32(x, row, |_, input, out| {
                 call_vectorised!(normalize_row => ();
                     input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32)
@@ -212,10 +245,9 @@ fn map_cpu_f32(
 ) -> Result<Option<Tensor>> {
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
+    let Some(input) = cpu_f32_data(&storage, layout, x.elem_count())? else {
         return Ok(None);
     };
-    let input = &cpu.as_slice::<f32>()?[layout.start_offset()..][..x.elem_count()];
     if chunk == 0 || input.len() % chunk != 0 {
         return Ok(None);
     }
@@ -241,13 +273,7 @@ mod tests {
         let weight = Tensor::randn(0f32, 1.0, 8, &device)?;
         let bias = Tensor::randn(0f32, 1.0, 8, &device)?;
         let composed = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), 8, 4, 1e-5)?;
-        let norm = GroupNorm {
-            weight: weight.clone(),
-            bias: bias.clone(),
-            groups: 4,
-            eps: 1e-5,
-            composed: composed.clone(),
-        };
+        let norm = GroupNorm::new(weight.clone(), bias.clone(), 4, 1e-5)?;
         let gap = max_abs_diff(&norm.forward(&x)?, &composed.forward(&x)?);
         assert!(gap < 1e-5, "group norm off by {gap}");
         let gap = max_abs_diff(
@@ -256,11 +282,7 @@ mod tests {
         );
         assert!(gap < 1e-5, "group norm + silu off by {gap}");
 
-        let layer = LayerNorm {
-            weight,
-            bias,
-            eps: 1e-5,
-        };
+        let layer = LayerNorm::from_tensors(weight, bias, 1e-5)?;
         let rows = x.reshape((30, 8))?;
         let gap = max_abs_diff(&layer.forward(&rows)?, &layer.forward_composed(&rows)?);
         assert!(gap < 1e-5, "layer norm off by {gap}");
@@ -270,11 +292,11 @@ mod tests {
     #[test]
     fn keeps_precision_when_the_mean_dominates() -> Result<()> {
         let device = Device::Cpu;
-        let norm = LayerNorm {
-            weight: Tensor::ones(2, DType::F32, &device)?,
-            bias: Tensor::zeros(2, DType::F32, &device)?,
-            eps: 1e-5,
-        };
+        let norm = LayerNorm::from_tensors(
+            Tensor::ones(2, DType::F32, &device)?,
+            Tensor::zeros(2, DType::F32, &device)?,
+            1e-5,
+        )?;
         // Mean 1000, spread ±0.5: exact result ±0.5/sqrt(0.25 + 1e-5).
         let x = Tensor::new(&[[1000.5f32, 999.5]], &device)?;
         let out = norm.forward(&x)?.to_vec2::<f32>()?;

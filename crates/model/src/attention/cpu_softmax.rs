@@ -9,10 +9,12 @@
 //! so the result does not depend on how rayon splits them, and the output is the same whether or
 //! not the entropy is measured.
 
-use candle_core::{DType, Device, Result, Storage, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu_math::{call_vectorised, exp_non_positive, lane_dot, lane_max, lane_sum, transpose};
+use crate::cpu_math::{
+    call_vectorised, cpu_f32_data, exp_non_positive, lane_dot, lane_max, lane_sum, transpose,
+};
 
 /// The output `[R, Nq, dv]` and, when `measure`, each map's summed query-row entropy `[R]` (f64),
 /// or `None` when the inputs are not f32 tensors on the CPU (the caller then uses candle's ops).
@@ -70,11 +72,12 @@ fn with_f32_slices(
     let (q_storage, q_layout) = q.storage_and_layout();
     let (k_storage, k_layout) = k.storage_and_layout();
     let (v_storage, v_layout) = v.storage_and_layout();
-    match (&*q_storage, &*k_storage, &*v_storage) {
-        (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) => {
-            let q = &qs.as_slice::<f32>()?[q_layout.start_offset()..][..q.elem_count()];
-            let k = &ks.as_slice::<f32>()?[k_layout.start_offset()..][..k.elem_count()];
-            let v = &vs.as_slice::<f32>()?[v_layout.start_offset()..][..v.elem_count()];
+    match (
+        cpu_f32_data(&q_storage, q_layout, q.elem_count())?,
+        cpu_f32_data(&k_storage, k_layout, k.elem_count())?,
+        cpu_f32_data(&v_storage, v_layout, v.elem_count())?,
+    ) {
+        (Some(q), Some(k), Some(v)) => {
             f(q, k, v);
             Ok(())
         }
