@@ -453,14 +453,14 @@ def diffusion_modules(unet, text_encoder, freeze_text_encoder: bool) -> dict[str
     return {"unet": unet, "text_encoder": text_encoder}
 
 
-def train_diffusion(args, state: TrainingState, unet, text_encoder, optimizer, ema: Ema,
+def train_diffusion(args, state: TrainingState, unet, text_encoder,
+                    trained: dict[str, torch.nn.Module], optimizer, ema: Ema,
                     latent_mean: torch.Tensor, latent_std: torch.Tensor, object_paths: torch.Tensor,
                     clip_weights: torch.Tensor, input_ids: torch.Tensor,
                     empty_ids: torch.Tensor, device, clock: StageClock, log: RunLog, autocast,
                     on_checkpoint) -> None:
     noise_scheduler = components.build_training_scheduler()
     num_timesteps = noise_scheduler.config.num_train_timesteps
-    trained = diffusion_modules(unet, text_encoder, args.freeze_text_encoder)
     params = [p for m in trained.values() for p in m.parameters()]
     generator = torch.Generator(device="cpu").manual_seed(args.seed * 1000 + 1 + state.unet_step)
     count = latent_mean.shape[0]
@@ -622,9 +622,9 @@ def main() -> None:
     clip_weights = (motion_balancing_weights(clips.prompts, grammar) if args.balance_motions
                     else torch.ones(len(clips.prompts), dtype=torch.float64))
     clock = StageClock(time.monotonic(), deadline, args.unet_steps, state.unet_step)
-    train_diffusion(args, state, unet, text_encoder, diffusion_optimizer, ema, latent_mean, latent_std,
-                    object_paths, clip_weights, input_ids, empty_ids, device, clock, log, autocast,
-                    checkpoint)
+    train_diffusion(args, state, unet, text_encoder, trained, diffusion_optimizer, ema, latent_mean,
+                    latent_std, object_paths, clip_weights, input_ids, empty_ids, device, clock, log,
+                    autocast, checkpoint)
     if clock.cut_short(state.unet_step):
         log.event(stage="diffusion", cut_short=True, step=state.unet_step, planned=args.unet_steps)
     checkpoint()
