@@ -10,14 +10,9 @@ rate=${1:-1000}; seconds=${2:-30}
 OHA=${OHA:-$(command -v oha || echo /var/tmp/oha/bin/oha)}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/entrovid-target}
 cargo build -q --bin entrovid
-work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$CARGO_TARGET_DIR/debug/entrovid" serve --bind "127.0.0.1:$port" --data-dir "$work" --models-dir models \
-  --workers 1 >"$work/server.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
-until curl -fs "http://127.0.0.1:$port/healthz" >/dev/null; do sleep 0.2; done
-base="http://127.0.0.1:$port"
+bin="$CARGO_TARGET_DIR/debug/entrovid"
+source bench/serve.sh
+start_server models
 submit() { curl -fs -X POST "$base/v1/jobs" -H 'Content-Type: application/json' \
   -d "{\"kind\":\"generate\",\"prompt\":\"a red circle moving right on a black background\",\"seed\":$1}" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }

@@ -11,14 +11,9 @@ model=${1:-models/entrovid-world-tiny}; runs=${2:-5}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/entrovid-target}
 bin=${BIN:-$CARGO_TARGET_DIR/debug/entrovid}
 [ -n "${BIN:-}" ] || cargo build -q --bin entrovid
-work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-RAYON_NUM_THREADS=2 "$bin" serve --bind "127.0.0.1:$port" --data-dir "$work" \
-  --models-dir "$(dirname "$model")" --workers 1 >"$work/server.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
-until curl -fs "http://127.0.0.1:$port/healthz" >/dev/null; do sleep 0.2; done
-python3 - "http://127.0.0.1:$port" "$(basename "$model")" "$runs" <<'PY'
+source bench/serve.sh
+SERVE_ENV="RAYON_NUM_THREADS=2" start_server "$(dirname "$model")"
+python3 - "$base" "$(basename "$model")" "$runs" <<'PY'
 import json, sys, time, urllib.request
 base, model, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def call(method, path, body=None):
