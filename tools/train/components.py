@@ -13,7 +13,9 @@ a 3.9 M parameter VAE (7.4 MiB) and a 0.9 M parameter text encoder (1.8 MiB):
   cross attentions (head size = channels / attention_head_dim) and the head size of the 8 heads of
   `transformer_in`.
 
-The scheduler is ModelScope's DDIM configuration, shared with the fixtures.
+The scheduler is ModelScope's DDIM configuration, shared with the fixtures, or (with
+`zero_terminal_snr`) its zero-terminal-SNR variant: v-prediction, betas rescaled so that the last
+timestep is pure noise, and "trailing" timesteps so that sampling starts there.
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ MODELSCOPE_SCHEDULER = {
     "prediction_type": "epsilon",
 }
 
+# Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed" (2023): with
+# ModelScope's betas the noisiest training input still holds sqrt(0.0047) = 7% of the clean video,
+# so the model learns to read where the object is and where it goes from that residue, which pure
+# noise at sampling time does not have; with zero terminal SNR the first sampling step must place
+# the object and choose its path from the prompt alone. v-prediction because epsilon is undefined
+# there.
+ZERO_TERMINAL_SNR = {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
+                     "timestep_spacing": "trailing"}
+
+
+def scheduler_config(zero_terminal_snr: bool) -> dict:
+    return {**MODELSCOPE_SCHEDULER, **(ZERO_TERMINAL_SNR if zero_terminal_snr else {})}
+
 # entrovid.json: the same limits and defaults as every shipped model (read by
 # crates/model/src/model_info.rs).
 from default_model import MODEL_INFO  # noqa: E402
@@ -70,6 +85,8 @@ class Architecture:
     text_hidden: int = 128
     text_layers: int = 4
     text_heads: int = 4
+    # What the UNet predicts and the noise schedule it is trained for (scheduler_config).
+    zero_terminal_snr: bool = False
 
     @classmethod
     def from_dict(cls, values: dict) -> "Architecture":
@@ -77,13 +94,15 @@ class Architecture:
 
     @classmethod
     def of_modules(cls, vae, unet, text: "Architecture") -> "Architecture":
-        """The architecture of loaded VAE and UNet modules, with `text`'s text-encoder sizes."""
+        """The architecture of loaded VAE and UNet modules, with `text`'s text-encoder sizes and
+        noise schedule."""
         return cls(
             vae_channels=list(vae.config.block_out_channels), vae_norm_groups=vae.config.norm_num_groups,
             unet_channels=list(unet.config.block_out_channels),
             unet_layers_per_block=unet.config.layers_per_block, unet_heads=unet.config.attention_head_dim,
             unet_norm_groups=unet.config.norm_num_groups, text_hidden=text.text_hidden,
-            text_layers=text.text_layers, text_heads=text.text_heads)
+            text_layers=text.text_layers, text_heads=text.text_heads,
+            zero_terminal_snr=text.zero_terminal_snr)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -184,20 +203,29 @@ def build_text_encoder(arch: Architecture, vocab: dict[str, int]):
     return CLIPTextModel(config)
 
 
-def build_training_scheduler():
+def build_training_scheduler(zero_terminal_snr: bool = False):
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(**{k: v for k, v in MODELSCOPE_SCHEDULER.items()
+    return DDPMScheduler(**{k: v for k, v in scheduler_config(zero_terminal_snr).items()
                             if k not in ("set_alpha_to_one", "steps_offset")})
 
 
-def build_inference_scheduler():
+def build_inference_scheduler(zero_terminal_snr: bool = False):
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(**MODELSCOPE_SCHEDULER)
+    return DDIMScheduler(**scheduler_config(zero_terminal_snr))
 
 
-def write_pipeline(folder: Path, grammar: dict, vae, text_encoder, unet) -> None:
+def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor,
+                     timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict under `scheduler`'s prediction type."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
+def write_pipeline(folder: Path, grammar: dict, vae, text_encoder, unet,
+                   zero_terminal_snr: bool = False) -> None:
     """Save a float16 TextToVideoSDPipeline folder plus entrovid.json and check its sizes."""
     from diffusers import TextToVideoSDPipeline
     from make_fixtures import use_classic_text_encoder_keys
@@ -210,7 +238,7 @@ def write_pipeline(folder: Path, grammar: dict, vae, text_encoder, unet) -> None
     pipe = TextToVideoSDPipeline(
         vae=copy.deepcopy(vae).cpu(), text_encoder=copy.deepcopy(text_encoder).cpu(),
         tokenizer=load_tokenizer(tokenizer_dir), unet=copy.deepcopy(unet).cpu(),
-        scheduler=build_inference_scheduler())
+        scheduler=build_inference_scheduler(zero_terminal_snr))
     pipe.to(torch.float16)
     pipe.save_pretrained(str(staging), safe_serialization=True)
     # save_pretrained rewrites the tokenizer files; restore the order-preserving originals.

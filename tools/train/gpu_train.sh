@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Trains the default model on a GPU machine in steps that each fit one short remote command.
-# RUNS="a b" trains the same command twice side by side on the one GPU (same seed; give step
-# counts, since two runs share the GPU and a time budget would give each fewer steps): `a` is the
-# candidate, `b` checks that a re-run scores within 0.03 of it.
+# RUNS="a b" trains the same command twice side by side (same seed; on one GPU give step counts,
+# since two runs share it and a time budget would give each fewer steps): `a` is the candidate,
+# `b` checks that a re-run scores within 0.03 of it.
 #   gpu_train.sh start           export the training clips, start both runs in their own sessions
 #   gpu_train.sh wait SECONDS    wait (at most SECONDS) for both, printing the logs' tails
-#   gpu_train.sh finish DIR      sample held-out prompts with diffusers from every run's model, score
-#                                them with the project's evaluator, pack each run into DIR (parts < 16 MiB)
+#   gpu_train.sh finish DIR      sample held-out prompts with diffusers from every run's model (one
+#                                run per GPU at a time), score them with the project's evaluator,
+#                                pack each run into DIR (parts < 16 MiB)
 # On a machine with one GPU per run, each run gets its own (CUDA_VISIBLE_DEVICES) and runs at full
 # speed; TRAIN_ARGS_<run> (e.g. TRAIN_ARGS_b) replaces TRAIN_ARGS for that run, to train two
 # designs side by side.
@@ -50,7 +51,8 @@ case "$1" in
     # combinations seen in training.
     "$WORK/entrovid-world" export --out "$WORK/held-out.safetensors" --count 200 --seed 2 --split held-out
     "$WORK/entrovid-world" export --out "$WORK/train-split.safetensors" --count 200 --seed 5 --split train
-    for run in $RUNS; do
+    finish_run() {
+      local run=$1
       for split in held-out train-split; do
         echo "== run $run, $split"
         python3 tools/train/sample.py --model "$WORK/$run/model" --prompts "$WORK/$split.json" --seeds 0 \
@@ -61,8 +63,19 @@ case "$1" in
       cp "$WORK/$run/model.log.json" "$WORK/$run/train_log.json" 2>/dev/null
       # Whether the model reads each kind of prompt word (the motion words above all).
       python3 tools/train/probe_conditioning.py --model "$WORK/$run/model" \
-          --data "$WORK/held-out.safetensors" --clips 48 2>/dev/null | tee "$WORK/$run/probe.txt"
+          --data "$WORK/held-out.safetensors" --clips 48 2>/dev/null >"$WORK/$run/probe.txt"
+      cat "$WORK/$run/probe.txt"
       tar -C "$WORK/$run" -cf - model held-out_report.json train-split_report.json train_log.json probe.txt \
         | xz -1 -T4 | split -b 15M - "$out/run_$run.tar.xz.part-"
-    done ;;
+    }
+    # One run per GPU at a time, all at once where there are as many GPUs as runs.
+    gpus=$(nvidia-smi -L 2>/dev/null | wc -l); index=0
+    for run in $RUNS; do
+      (export CUDA_VISIBLE_DEVICES=$((index % (gpus > 0 ? gpus : 1)))
+       finish_run "$run" >"$WORK/$run.finish.log" 2>&1) &
+      index=$((index + 1))
+      [ $((index % (gpus > 0 ? gpus : 1))) -eq 0 ] && wait
+    done
+    wait
+    for run in $RUNS; do cat "$WORK/$run.finish.log"; done ;;
 esac

@@ -1,7 +1,7 @@
 """How much a trained pipeline uses each kind of prompt word.
 
 For clips of an `entrovid-world export` file, noised at a few timesteps, it compares the UNet's
-epsilon loss under the clip's own prompt with its loss when one word of the prompt is replaced by
+denoising loss under the clip's own prompt with its loss when one word of the prompt is replaced by
 another of the same kind (colour, shape, motion, background), and under the empty prompt. A word
 kind the model reads raises the loss when swapped; one it ignores leaves the loss unchanged. It
 also prints how far apart the text encoder puts two prompts that differ only in that word.
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+import components
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KINDS = {"colour": "colours", "shape": "shapes", "motion": "motions", "background": "backgrounds"}
 
@@ -29,7 +31,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", type=Path, required=True, help="TextToVideoSDPipeline folder")
     p.add_argument("--data", type=Path, required=True, help="X.safetensors of `entrovid-world export`")
     p.add_argument("--clips", type=int, default=48)
-    p.add_argument("--timesteps", type=int, nargs="+", default=[900, 700, 500, 300, 100])
+    p.add_argument("--timesteps", type=int, nargs="+", default=[999, 900, 700, 500, 300, 100])
     p.add_argument("--grammar", type=Path, default=REPO_ROOT / "world" / "grammar.json")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
@@ -83,13 +85,14 @@ def main() -> None:
             if name != "own prompt":
                 print(f"  {name:20s} {(text - texts['own prompt']).norm(dim=-1).mean().item():.4f}")
         scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        print("epsilon loss (relative to the own prompt's):")
+        print(f"{scheduler.config.prediction_type} loss (relative to the own prompt's):")
         for t in args.timesteps:
             noise = torch.randn_like(latents)
             timesteps = torch.full((count,), t)
             noisy = scheduler.add_noise(latents, noise, timesteps)
+            target = components.denoising_target(scheduler, latents, noise, timesteps)
             losses = {name: torch.nn.functional.mse_loss(
-                pipe.unet(noisy, timesteps, encoder_hidden_states=text).sample, noise).item()
+                pipe.unet(noisy, timesteps, encoder_hidden_states=text).sample, target).item()
                 for name, text in texts.items()}
             own = losses["own prompt"]
             print(f"  t={t:4d} own {own:.5f}  " + "  ".join(

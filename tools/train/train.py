@@ -71,6 +71,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--text-hidden", type=int, default=arch.text_hidden)
     p.add_argument("--text-layers", type=int, default=arch.text_layers)
     p.add_argument("--text-heads", type=int, default=arch.text_heads)
+    p.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction,
+                   default=arch.zero_terminal_snr,
+                   help="v-prediction on betas rescaled to zero terminal SNR, sampled from the last "
+                        "timestep (components.ZERO_TERMINAL_SNR)")
     # VAE stage
     p.add_argument("--vae-fraction", type=float, default=0.2, help="share of the budget for the VAE")
     p.add_argument("--vae-steps", type=int, help="end the VAE stage after this many steps")
@@ -379,9 +383,10 @@ def encode_clips(vae, videos: torch.Tensor, scaling_factor: float, device, autoc
     return torch.cat(means), torch.cat(stds), torch.cat(paths)
 
 
-def epsilon_loss(prediction: torch.Tensor, noise: torch.Tensor, object_path: torch.Tensor,
-                 object_weight: float, clip_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared error, optionally with the object's path weighted up (the object covers a few
+def denoising_loss(prediction: torch.Tensor, target: torch.Tensor, object_path: torch.Tensor,
+                   object_weight: float, clip_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error against the UNet's target (the noise, or the velocity with
+    --zero-terminal-snr), optionally with the object's path weighted up (the object covers a few
     of the 64 latent positions of a frame, and the flat background otherwise dominates the loss)
     and each clip weighted by `clip_weights` [B] (`timestep_loss_weights`)."""
     weights = torch.ones_like(prediction[:, :1, :1, :1, :1])
@@ -389,7 +394,7 @@ def epsilon_loss(prediction: torch.Tensor, noise: torch.Tensor, object_path: tor
         weights = weights + object_weight * object_path.float()
     if clip_weights is not None:
         weights = weights * clip_weights.float().view(-1, 1, 1, 1, 1)
-    squared_error = (prediction - noise).square()
+    squared_error = (prediction - target).square()
     return (weights * squared_error).mean() / weights.expand_as(squared_error).mean()
 
 
@@ -459,7 +464,7 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
                     clip_weights: torch.Tensor, input_ids: torch.Tensor,
                     empty_ids: torch.Tensor, device, clock: StageClock, log: RunLog, autocast,
                     on_checkpoint) -> None:
-    noise_scheduler = components.build_training_scheduler()
+    noise_scheduler = components.build_training_scheduler(state.arch.zero_terminal_snr)
     num_timesteps = noise_scheduler.config.num_train_timesteps
     params = [p for m in trained.values() for p in m.parameters()]
     generator = torch.Generator(device="cpu").manual_seed(args.seed * 1000 + 1 + state.unet_step)
@@ -492,9 +497,11 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
                 with torch.set_grad_enabled("text_encoder" in trained):
                     text = text_encoder(ids)[0]
                 prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
-            loss = epsilon_loss(prediction.float(), noise, object_paths[clip], args.object_loss_weight,
-                                timestep_loss_weights(noise_scheduler.alphas_cumprod, timesteps,
-                                                      args.loss_weighting, args.max_loss_weight))
+            loss = denoising_loss(prediction.float(),
+                                  components.denoising_target(noise_scheduler, latents, noise, timesteps),
+                                  object_paths[clip], args.object_loss_weight,
+                                  timestep_loss_weights(noise_scheduler.alphas_cumprod, timesteps,
+                                                        args.loss_weighting, args.max_loss_weight))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -552,8 +559,12 @@ def main() -> None:
             vae_channels=args.vae_channels, vae_norm_groups=args.vae_norm_groups,
             unet_channels=args.unet_channels, unet_layers_per_block=args.unet_layers_per_block,
             unet_heads=args.unet_heads, unet_norm_groups=args.unet_norm_groups,
-            text_hidden=args.text_hidden, text_layers=args.text_layers, text_heads=args.text_heads))
+            text_hidden=args.text_hidden, text_layers=args.text_layers, text_heads=args.text_heads,
+            zero_terminal_snr=args.zero_terminal_snr))
     arch = state.arch
+    if arch.zero_terminal_snr and args.loss_weighting == "v":
+        raise SystemExit("--loss-weighting v is for epsilon prediction: the v-prediction of "
+                         "--zero-terminal-snr already has the v loss")
     vae = components.build_vae(arch).to(device)
     text_encoder = components.build_text_encoder(arch, vocab).to(device)
     unet = components.build_unet(arch, text_encoder.config.hidden_size).to(device)
@@ -630,7 +641,7 @@ def main() -> None:
     checkpoint()
 
     ema.copy_to(trained)
-    components.write_pipeline(out, grammar, vae, text_encoder, unet)
+    components.write_pipeline(out, grammar, vae, text_encoder, unet, arch.zero_terminal_snr)
     total = components.check_sizes(out)
     log.event(stage="written", path=str(out), bytes=total,
               files={str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*.safetensors"))})
