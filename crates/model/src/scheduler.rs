@@ -495,11 +495,14 @@ mod tests {
         config.rescale_betas_zero_snr = true;
         config.timestep_spacing = TimestepSpacing::Trailing;
         let scheduler = DdimScheduler::new(config).unwrap();
-        // Reference values: diffusers 0.42.1 DDIMScheduler with the same settings (its betas and
-        // alphas_cumprod are float32, ours float64: near the end the rescaling subtracts nearly equal
-        // square roots, hence a relative tolerance of 1e-4; steps on float32
-        // tensors after set_timesteps(5)).
-        assert_eq!(scheduler.timesteps(5).unwrap(), vec![999, 799, 599, 399, 199]);
+        // Reference values: diffusers 0.42.1 DDIMScheduler with the same settings. Its betas and
+        // alphas_cumprod are float32, ours float64, and near the end the rescaling subtracts
+        // nearly equal square roots: hence a relative tolerance of 1e-4. Steps on float32
+        // tensors after set_timesteps(5).
+        assert_eq!(
+            scheduler.timesteps(5).unwrap(),
+            vec![999, 799, 599, 399, 199]
+        );
         for (t, expected) in [
             (0, 9.991_499_781_609e-1),
             (500, 2.410_186_380_148e-1),
@@ -516,9 +519,18 @@ mod tests {
         let sample = Tensor::new(&[0.3f32, -1.2, 0.8, 2.0], &device).unwrap();
         let velocity = Tensor::new(&[0.1f32, 0.5, -0.7, 0.2], &device).unwrap();
         for (t, expected) in [
-            (999, [0.283_932_66, -1.256_085_63, 0.886_424_01, 1.955_290_68]),
-            (599, [0.254_900_37, -1.295_500_99, 0.976_070_88, 1.842_394_59]),
-            (199, [0.213_614_39, -1.291_767_36, 1.039_341_57, 1.650_849_10]),
+            (
+                999,
+                [0.283_932_66, -1.256_085_63, 0.886_424_01, 1.955_290_68],
+            ),
+            (
+                599,
+                [0.254_900_37, -1.295_500_99, 0.976_070_88, 1.842_394_59],
+            ),
+            (
+                199,
+                [0.213_614_39, -1.291_767_36, 1.039_341_57, 1.650_849_10],
+            ),
         ] {
             let got = scheduler
                 .step(&velocity, t, &sample, 5)
@@ -526,7 +538,10 @@ mod tests {
                 .to_vec1::<f32>()
                 .unwrap();
             for (g, e) in got.iter().zip(expected) {
-                assert!((f64::from(*g) - e).abs() < 1e-5, "t={t}: {got:?} vs {expected:?}");
+                assert!(
+                    (f64::from(*g) - e).abs() < 1e-5,
+                    "t={t}: {got:?} vs {expected:?}"
+                );
             }
         }
     }
