@@ -23,6 +23,14 @@ mkdir -p "$WORK"
 [ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 
+# `wait` and `finish` on a machine that holds none of the runs (a fresh one: the runs live in
+# this machine's /tmp) stop at once instead of waiting on nothing.
+require_runs() {
+  for run in $RUNS; do
+    [ -f "$WORK/$run.log" ] || { echo "run $run was not started on this machine ($WORK/$run.log is missing)" >&2; exit 3; }
+  done
+}
+
 case "$1" in
   start)
     "$WORK/entrovid-world" export --out "$WORK/train.safetensors" --count 40000 --seed 1 --split train
@@ -37,6 +45,7 @@ case "$1" in
     done
     sleep 30; for run in $RUNS; do tail -3 "$WORK/$run.log"; done ;;
   wait)
+    require_runs
     deadline=$((SECONDS + $2))
     all_done() { for run in $RUNS; do [ -f "$WORK/$run.rc" ] || return 1; done; }
     while ! all_done && [ $SECONDS -lt $deadline ]; do sleep 10; done
@@ -45,6 +54,7 @@ case "$1" in
       [ -f "$WORK/$run.rc" ] && echo "train.py exit: $(cat $WORK/$run.rc)"
     done ;;
   finish)
+    require_runs
     # Each run comes back as one archive (model folder, reports, training log) in parts < 16 MiB.
     out=$2; mkdir -p "$out"
     # Held-out combinations (the score that counts) and, to tell learning from generalising,
