@@ -8,6 +8,7 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::site::SiteInfo;
+use super::stats::ObservedCall;
 
 /// The classifier-free-guidance branch of a batch row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -145,4 +146,23 @@ pub trait AttentionControl {
         roles: &[BatchRole],
         call: &AttentionCall,
     ) -> Result<Option<Tensor>>;
+
+    /// True when every call only observes (runs the default attention and records it): the
+    /// guidance branches of a step may then run as separate passes, each observed by a
+    /// [`crate::attention::stats::CallObserver`], and their calls are handed over afterwards,
+    /// pooled, through [`AttentionControl::observe_pooled`].
+    fn observes_only(&self) -> bool {
+        false
+    }
+
+    /// Records one call that was observed in separate passes, its statistics joined in batch
+    /// order as the batched call would have produced them (`roles`: the whole batch's).
+    fn observe_pooled(
+        &mut self,
+        _step: &StepInfo,
+        _roles: &[BatchRole],
+        _call: ObservedCall,
+    ) -> Result<()> {
+        candle_core::bail!("this attention controller does not take pooled observations")
+    }
 }

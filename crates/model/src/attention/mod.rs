@@ -19,4 +19,4 @@ pub use plan::{
     ValidatedPlan,
 };
 pub use site::{SiteInfo, SiteKind};
-pub use stats::{RecordMode, SiteStepStats, StatsRecorder};
+pub use stats::{CallObserver, ObservedCall, RecordMode, SiteStepStats, StatsRecorder};

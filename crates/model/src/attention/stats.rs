@@ -211,6 +211,84 @@ impl AttentionControl for StatsRecorder {
         }
         Ok(Some(out))
     }
+
+    fn observes_only(&self) -> bool {
+        true
+    }
+
+    fn observe_pooled(
+        &mut self,
+        step: &StepInfo,
+        roles: &[BatchRole],
+        call: ObservedCall,
+    ) -> Result<()> {
+        self.records.extend(
+            call.stats
+                .summarize(&call.site, step, roles, call.heads, self.mode)?,
+        );
+        Ok(())
+    }
+}
+
+/// One attention call's statistics, kept for pooling with the same call of another pass.
+#[derive(Debug, Clone)]
+pub struct ObservedCall {
+    pub site: SiteInfo,
+    pub heads: usize,
+    pub stats: MapStats,
+}
+
+impl ObservedCall {
+    /// The calls of separate passes over consecutive parts of one batch (in batch order), joined
+    /// into what the batched call would have observed.
+    pub fn pool(parts: Vec<ObservedCall>) -> Result<Self> {
+        let mut parts = parts.into_iter();
+        let Some(first) = parts.next() else {
+            candle_core::bail!("no attention calls to pool")
+        };
+        let mut stats = vec![first.stats];
+        for part in parts {
+            if part.site.id != first.site.id || part.heads != first.heads {
+                candle_core::bail!(
+                    "pooling calls of different sites ({} and {})",
+                    first.site.id,
+                    part.site.id
+                )
+            }
+            stats.push(part.stats);
+        }
+        Ok(Self {
+            site: first.site,
+            heads: first.heads,
+            stats: MapStats::concat(stats)?,
+        })
+    }
+}
+
+/// Runs every call's default attention and keeps its statistics, in call order: the observer of
+/// one guidance branch's pass when the branches run as separate passes.
+#[derive(Debug, Default)]
+pub struct CallObserver {
+    pub calls: Vec<ObservedCall>,
+}
+
+impl AttentionControl for CallObserver {
+    fn attend(
+        &mut self,
+        _step: &StepInfo,
+        _roles: &[BatchRole],
+        call: &AttentionCall,
+    ) -> Result<Option<Tensor>> {
+        let (out, stats) = apply_per_item(call, |_| None, true)?;
+        if let Some(stats) = stats {
+            self.calls.push(ObservedCall {
+                site: call.site.clone(),
+                heads: call.heads,
+                stats,
+            });
+        }
+        Ok(Some(out))
+    }
 }
 
 #[cfg(test)]

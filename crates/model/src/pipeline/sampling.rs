@@ -8,7 +8,9 @@ use std::ops::ControlFlow;
 use candle_core::{DType, Tensor};
 
 use super::{Progress, Stage};
-use crate::attention::{AttentionControl, BatchRole, Branch, ForwardCtx, RunRole, StepInfo};
+use crate::attention::{
+    AttentionControl, BatchRole, Branch, CallObserver, ForwardCtx, ObservedCall, RunRole, StepInfo,
+};
 use crate::error::ModelError;
 use crate::scheduler::DdimScheduler;
 
@@ -26,6 +28,12 @@ pub trait Denoiser {
 
     /// The dtype the denoiser computes in; inputs are cast to it.
     fn dtype(&self) -> DType;
+
+    /// The same denoiser, shareable between threads, when it may run the guidance branches of a
+    /// step as separate passes side by side (see [`Guidance`]); `None` keeps them batched.
+    fn shareable(&self) -> Option<&(dyn Denoiser + Sync)> {
+        None
+    }
 }
 
 /// The text conditioning of the runs denoised together, step by step, and how each run's guidance
@@ -102,6 +110,10 @@ impl Guidance {
     /// sensitive model amplifies over the steps. An edit's source branch thus reproduces its
     /// source job, and a target equal to its source reproduces it too. What one run's call must
     /// see of another's (map injection) the controller carries from call to call.
+    ///
+    /// On the CPU, a guided run whose controller at most observes runs its two branches as two
+    /// single-item passes side by side ([`predict_branches_side_by_side`]); the UNet computes its
+    /// products per batch item there, so both forms give the same numbers.
     fn predict(
         &self,
         denoiser: &dyn Denoiser,
@@ -114,23 +126,39 @@ impl Guidance {
         let timesteps = Tensor::full(step.timestep as f32, branches, latents.device())?;
         let mut outputs = Vec::with_capacity(self.runs);
         for run in 0..self.runs {
-            // The run's latents once per branch.
-            let input = latents.narrow(0, run, 1)?.to_dtype(denoiser.dtype())?;
-            let input = Tensor::cat(&vec![&input; branches], 0)?;
-            let roles = self.roles[run * branches..(run + 1) * branches].to_vec();
+            let run_latents = latents.narrow(0, run, 1)?.to_dtype(denoiser.dtype())?;
+            let roles = &self.roles[run * branches..(run + 1) * branches];
+            let run_embeddings = embeddings.narrow(0, run * branches, branches)?;
             let control = match control.as_mut() {
                 Some(control) => Some(&mut **control as &mut dyn AttentionControl),
                 None => None,
             };
-            let mut ctx = ForwardCtx::new(step, roles, control);
-            let output = denoiser
-                .predict(
-                    &input,
-                    &timesteps,
-                    &embeddings.narrow(0, run * branches, branches)?,
-                    &mut ctx,
-                )?
-                .to_dtype(DType::F32)?;
+            let side_by_side = denoiser.shareable().filter(|_| {
+                branches == 2
+                    && latents.device().is_cpu()
+                    && rayon::current_num_threads() > 1
+                    && control
+                        .as_ref()
+                        .is_none_or(|control| control.observes_only())
+            });
+            let output = match side_by_side {
+                Some(denoiser) => predict_branches_side_by_side(
+                    denoiser,
+                    &run_latents,
+                    &timesteps.narrow(0, 0, 1)?,
+                    &run_embeddings,
+                    step,
+                    roles,
+                    control,
+                )?,
+                None => {
+                    // The run's latents once per branch.
+                    let input = Tensor::cat(&vec![&run_latents; branches], 0)?;
+                    let mut ctx = ForwardCtx::new(step, roles.to_vec(), control);
+                    denoiser.predict(&input, &timesteps, &run_embeddings, &mut ctx)?
+                }
+            }
+            .to_dtype(DType::F32)?;
             outputs.push(match self.scale {
                 None => output,
                 Some(scale) => {
@@ -141,6 +169,53 @@ impl Guidance {
         }
         Tensor::cat(&outputs, 0)
     }
+}
+
+/// One step of one run with each guidance branch as its own single-item pass, the two passes on
+/// two threads. On the CPU, at the default model's sizes, the operations of one pass are too small
+/// for candle's per-operation threads (one thread is as fast as two), while two passes side by
+/// side take about half the time of the batched pass (BENCHMARKS.md). Every map, norm and product
+/// of a batch item is computed as in the batched pass, so the output is the same; an observing
+/// controller gets each call's statistics pooled in batch order, as from the batched call.
+fn predict_branches_side_by_side(
+    denoiser: &(dyn Denoiser + Sync),
+    latents: &Tensor,
+    timestep: &Tensor,
+    embeddings: &Tensor,
+    step: StepInfo,
+    roles: &[BatchRole],
+    control: Option<&mut dyn AttentionControl>,
+) -> candle_core::Result<Tensor> {
+    let observe = control.is_some();
+    let branch = |index: usize| -> candle_core::Result<(Tensor, Vec<ObservedCall>)> {
+        let mut observer = CallObserver::default();
+        let output = {
+            let control = observe.then_some(&mut observer as &mut dyn AttentionControl);
+            let mut ctx = ForwardCtx::new(step, vec![roles[index]], control);
+            denoiser.predict(
+                latents,
+                timestep,
+                &embeddings.narrow(0, index, 1)?,
+                &mut ctx,
+            )?
+        };
+        Ok((output, observer.calls))
+    };
+    let (first, second) = rayon::join(|| branch(0), || branch(1));
+    let ((first, first_calls), (second, second_calls)) = (first?, second?);
+    if let Some(control) = control {
+        if first_calls.len() != second_calls.len() {
+            candle_core::bail!(
+                "the guidance branches made {} and {} attention calls",
+                first_calls.len(),
+                second_calls.len()
+            )
+        }
+        for (a, b) in first_calls.into_iter().zip(second_calls) {
+            control.observe_pooled(&step, roles, ObservedCall::pool(vec![a, b])?)?;
+        }
+    }
+    Tensor::cat(&[first, second], 0)
 }
 
 /// Keeps one run of a joint denoising on a known path: after every step that run's latents are

@@ -70,6 +70,10 @@ impl Denoiser for UNetDenoiser<'_> {
     fn dtype(&self) -> DType {
         self.dtype
     }
+
+    fn shareable(&self) -> Option<&(dyn Denoiser + Sync)> {
+        Some(self)
+    }
 }
 
 impl TextToVideoPipeline {

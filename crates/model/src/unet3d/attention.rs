@@ -7,6 +7,7 @@ use candle_nn::{Linear, VarBuilder};
 use crate::attention::{default_attention, AttentionCall, ForwardCtx, SiteInfo, SiteKind};
 
 use super::geglu::geglu;
+use super::per_item::per_item;
 use crate::norm::LayerNorm;
 
 /// The sites of a model in the order they are built, which is the order they run.
@@ -103,7 +104,7 @@ impl Attention {
         let rows = x.dim(0)?;
         let (q, k, v) = match &self.projections {
             Projections::SelfAttention { qkv } => {
-                let qkv = self.split_heads(&qkv.forward(x)?, 3, 1)?;
+                let qkv = self.split_heads(&per_item(x, batch, |x| qkv.forward(x))?, 3, 1)?;
                 (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?)
             }
             Projections::Cross { q, kv } => {
@@ -113,8 +114,11 @@ impl Attention {
                 if batch == 0 || rows % batch != 0 {
                     candle_core::bail!("{}: {rows} rows for a batch of {batch}", self.site.id)
                 }
-                let q = self.split_heads(&q.forward(x)?, 1, 1)?.get(0)?;
-                let kv = self.split_heads(&kv.forward(text)?, 2, rows / batch)?;
+                let q = self
+                    .split_heads(&per_item(x, batch, |x| q.forward(x))?, 1, 1)?
+                    .get(0)?;
+                let kv =
+                    self.split_heads(&per_item(text, batch, |t| kv.forward(t))?, 2, rows / batch)?;
                 (q, kv.get(0)?, kv.get(1)?)
             }
         };
@@ -145,7 +149,7 @@ impl Attention {
             }
             None => default_attention(&q, &k, &v, self.scale)?,
         };
-        self.to_out.forward(&self.merge_heads(&out)?)
+        per_item(&self.merge_heads(&out)?, batch, |x| self.to_out.forward(x))
     }
 
     /// `[N, S, parts·heads·d]` (the outputs of `parts` stacked projections) → `[parts,
@@ -193,8 +197,11 @@ impl FeedForward {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.proj_out.forward(&geglu(&self.proj_in.forward(x)?)?)
+    /// `x` `[B*G, S, dim]` with the UNet batch B outermost.
+    pub fn forward(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
+        per_item(x, batch, |x| {
+            self.proj_out.forward(&geglu(&self.proj_in.forward(x)?)?)
+        })
     }
 }
 
@@ -277,6 +284,6 @@ impl BasicTransformerBlock {
             .attn2
             .forward(&self.norm2.forward(&x)?, text, batch, ctx)?
             + x)?;
-        self.ff.forward(&self.norm3.forward(&x)?)? + x
+        self.ff.forward(&self.norm3.forward(&x)?, batch)? + x
     }
 }

@@ -190,7 +190,7 @@ impl DownBlock {
             states.push(x.clone());
         }
         if let Some(downsampler) = &self.downsampler {
-            x = downsampler.forward(&x)?;
+            x = downsampler.forward(&x, inputs.video.batch)?;
             states.push(x.clone());
         }
         Ok((x, states))
@@ -328,7 +328,7 @@ impl UpBlock {
             x = layer.forward(&x, inputs, ctx)?;
         }
         match &self.upsampler {
-            Some(upsampler) => upsampler.forward(&x, upsample_size),
+            Some(upsampler) => upsampler.forward(&x, upsample_size, inputs.video.batch),
             None => Ok(x),
         }
     }

@@ -7,6 +7,7 @@ pub mod config;
 mod embeddings;
 mod geglu;
 mod model;
+mod per_item;
 mod resnet;
 mod transformer;
 mod video;

@@ -16,6 +16,7 @@ use super::attention::SiteRegistry;
 use super::blocks::{BlockInputs, BlockSettings, BlockSpec, DownBlock, MidBlock, UpBlock};
 use super::config::{Activation, UNet3DConfig};
 use super::embeddings::TimestepEmbedding;
+use super::per_item::per_item;
 use super::resnet::ResnetSettings;
 use super::transformer::{TransformerSpec, TransformerTemporal};
 use super::video::VideoShape;
@@ -219,7 +220,9 @@ impl UNet3DConditionModel {
         let up_factor = 1usize << self.config.num_downsamplers();
         let forward_upsample_size = height % up_factor != 0 || width % up_factor != 0;
 
-        let temb = self.time_embedding.forward(&timesteps, sample.dtype())?;
+        let temb = per_item(&timesteps, batch, |t| {
+            self.time_embedding.forward(t, sample.dtype())
+        })?;
         // candle's batched Linear miscomputes non-contiguous 3-D inputs (see model-api.md).
         let encoder_hidden_states = &encoder_hidden_states.contiguous()?;
         let inputs = BlockInputs {
@@ -231,7 +234,7 @@ impl UNet3DConditionModel {
         let x = sample
             .permute((0, 2, 1, 3, 4))?
             .reshape((batch * frames, (), height, width))?;
-        let x = self.conv_in.forward(&x)?;
+        let x = per_item(&x, batch, |x| self.conv_in.forward(x))?;
         let mut x = self.transformer_in.forward(&x, video, ctx)?;
 
         let mut skips = vec![x.clone()];
@@ -260,7 +263,7 @@ impl UNet3DConditionModel {
         }
 
         let x = self.conv_norm_out.forward_silu(&x)?;
-        let x = self.conv_out.forward(&x)?;
+        let x = per_item(&x, batch, |x| self.conv_out.forward(x))?;
         let (_, out_channels, out_h, out_w) = x.dims4()?;
         x.reshape((batch, frames, out_channels, out_h, out_w))?
             .permute((0, 2, 1, 3, 4))?

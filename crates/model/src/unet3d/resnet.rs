@@ -9,6 +9,7 @@ use crate::norm::GroupNorm;
 use crate::conv::{FrameConv3, SameConv3x3};
 
 use super::config::Activation;
+use super::per_item::per_item;
 use super::video::VideoShape;
 
 /// A strided 3×3 convolution (the downsampler's); stride-1 ones are [`SameConv3x3`].
@@ -104,22 +105,23 @@ impl ResnetBlock2D {
 
     /// `x` `[B*F, C, H, W]`, `temb` `[B, T]` (one embedding per batch item, shared by its frames).
     pub fn forward(&self, x: &Tensor, temb: &Tensor, video: VideoShape) -> Result<Tensor> {
-        let h = self
-            .conv1
-            .forward(&self.normalize_and_activate(&self.norm1, x)?)?;
+        let items = video.batch;
+        let h = per_item(&self.normalize_and_activate(&self.norm1, x)?, items, |h| {
+            self.conv1.forward(h)
+        })?;
         let (_, channels, height, width) = h.dims4()?;
-        let t = self
-            .time_emb_proj
-            .forward(&self.activation.forward(temb)?)?;
+        let t = per_item(&self.activation.forward(temb)?, items, |t| {
+            self.time_emb_proj.forward(t)
+        })?;
         let h = h
             .reshape((video.batch, video.frames, channels, height * width))?
             .broadcast_add(&t.reshape((video.batch, 1, channels, 1))?)?
             .reshape((video.batch * video.frames, channels, height, width))?;
-        let h = self
-            .conv2
-            .forward(&self.normalize_and_activate(&self.norm2, &h)?)?;
+        let h = per_item(&self.normalize_and_activate(&self.norm2, &h)?, items, |h| {
+            self.conv2.forward(h)
+        })?;
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x)?,
+            Some(conv) => per_item(x, items, |x| conv.forward(x))?,
             None => x.clone(),
         };
         let out = (shortcut + h)?;
@@ -184,7 +186,7 @@ impl TemporalConvLayer {
         let identity = video.to_channels_first(x)?;
         let mut h = identity.clone();
         for stage in &self.stages {
-            h = stage.forward(&h)?;
+            h = per_item(&h, video.batch, |h| stage.forward(h))?;
         }
         video.from_channels_first(&(identity + h)?, height, width)
     }
@@ -206,13 +208,14 @@ impl Downsample2D {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.pad_right_bottom {
-            self.conv
-                .forward(&x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?)
+    /// `x` `[B*F, C, H, W]` with the UNet batch B (`batch`) outermost.
+    pub fn forward(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
+        let x = if self.pad_right_bottom {
+            x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?
         } else {
-            self.conv.forward(x)
-        }
+            x.clone()
+        };
+        per_item(&x, batch, |x| self.conv.forward(x))
     }
 }
 
@@ -230,10 +233,17 @@ impl Upsample2D {
     }
 
     /// `size`: the (height, width) to reach when the input is not exactly half of it.
-    pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
+    /// `x` `[B*F, C, H, W]` with the UNet batch B (`batch`) outermost.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        size: Option<(usize, usize)>,
+        batch: usize,
+    ) -> Result<Tensor> {
         let (_, _, height, width) = x.dims4()?;
         let (target_h, target_w) = size.unwrap_or((2 * height, 2 * width));
-        self.conv
-            .forward(&x.upsample_nearest2d(target_h, target_w)?)
+        per_item(&x.upsample_nearest2d(target_h, target_w)?, batch, |x| {
+            self.conv.forward(x)
+        })
     }
 }

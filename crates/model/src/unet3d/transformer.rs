@@ -9,6 +9,7 @@ use crate::norm::GroupNorm;
 use crate::attention::{ForwardCtx, SiteKind};
 
 use super::attention::{BasicTransformerBlock, BlockAttention, SecondAttention, SiteRegistry};
+use super::per_item::per_item;
 use super::video::VideoShape;
 
 /// Sizes of a transformer wrapper.
@@ -70,9 +71,9 @@ impl Transformer2D {
         let h = h
             .permute((0, 2, 3, 1))?
             .reshape((frames, height * width, channels))?;
-        let h = self.proj_in.forward(&h)?;
+        let h = per_item(&h, video.batch, |h| self.proj_in.forward(h))?;
         let h = self.block.forward(&h, Some(text), video.batch, ctx)?;
-        let h = self.proj_out.forward(&h)?;
+        let h = per_item(&h, video.batch, |h| self.proj_out.forward(h))?;
         let h = h
             .reshape((frames, height, width, channels))?
             .permute((0, 3, 1, 2))?;
@@ -121,9 +122,9 @@ impl TransformerTemporal {
         let h = h
             .permute((0, 3, 2, 1))?
             .reshape((video.batch * pixels, video.frames, channels))?;
-        let h = self.proj_in.forward(&h)?;
+        let h = per_item(&h, video.batch, |h| self.proj_in.forward(h))?;
         let h = self.block.forward(&h, None, video.batch, ctx)?;
-        let h = self.proj_out.forward(&h)?;
+        let h = per_item(&h, video.batch, |h| self.proj_out.forward(h))?;
         // [B*HW, F, C] → [B, F, C, HW] → [B*F, C, H, W]
         let h = h
             .reshape((video.batch, pixels, video.frames, channels))?
