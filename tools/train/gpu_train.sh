@@ -79,12 +79,12 @@ case "$1" in
         | xz -1 -T4 | split -b 15M - "$out/run_$run.tar.xz.part-"
     }
     # One run per GPU at a time, all at once where there are as many GPUs as runs.
-    gpus=$(nvidia-smi -L 2>/dev/null | wc -l); index=0
+    slots=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$slots" -gt 0 ] || slots=1; index=0
     for run in $RUNS; do
-      (export CUDA_VISIBLE_DEVICES=$((index % (gpus > 0 ? gpus : 1)))
+      (export CUDA_VISIBLE_DEVICES=$((index % slots))
        finish_run "$run" >"$WORK/$run.finish.log" 2>&1) &
       index=$((index + 1))
-      [ $((index % (gpus > 0 ? gpus : 1))) -eq 0 ] && wait
+      [ $((index % slots)) -eq 0 ] && wait
     done
     wait
     for run in $RUNS; do cat "$WORK/$run.finish.log"; done ;;

@@ -204,10 +204,9 @@ impl AttentionControl for StatsRecorder {
         if self.mode == RecordMode::Off {
             return Ok(None);
         }
-        let (out, stats) = apply_per_item(call, |_| None, true)?;
+        let (out, stats) = default_attention_observed(call)?;
         if let Some(stats) = stats {
-            self.records
-                .extend(stats.summarize(call.site, step, roles, call.heads, self.mode)?);
+            self.record(call.site, step, roles, call.heads, &stats)?;
         }
         Ok(Some(out))
     }
@@ -222,12 +221,29 @@ impl AttentionControl for StatsRecorder {
         roles: &[BatchRole],
         call: ObservedCall,
     ) -> Result<()> {
-        self.records.extend(
-            call.stats
-                .summarize(&call.site, step, roles, call.heads, self.mode)?,
-        );
+        self.record(&call.site, step, roles, call.heads, &call.stats)
+    }
+}
+
+impl StatsRecorder {
+    fn record(
+        &mut self,
+        site: &SiteInfo,
+        step: &StepInfo,
+        roles: &[BatchRole],
+        heads: usize,
+        stats: &MapStats,
+    ) -> Result<()> {
+        self.records
+            .extend(stats.summarize(site, step, roles, heads, self.mode)?);
         Ok(())
     }
+}
+
+/// A call's default attention output with its statistics: what every observe-only controller
+/// computes.
+fn default_attention_observed(call: &AttentionCall) -> Result<(Tensor, Option<MapStats>)> {
+    apply_per_item(call, |_| None, true)
 }
 
 /// One attention call's statistics, kept for pooling with the same call of another pass.
@@ -279,7 +295,7 @@ impl AttentionControl for CallObserver {
         _roles: &[BatchRole],
         call: &AttentionCall,
     ) -> Result<Option<Tensor>> {
-        let (out, stats) = apply_per_item(call, |_| None, true)?;
+        let (out, stats) = default_attention_observed(call)?;
         if let Some(stats) = stats {
             self.calls.push(ObservedCall {
                 site: call.site.clone(),
