@@ -10,7 +10,9 @@
 #                                pack each run into DIR (parts < 16 MiB)
 # On a machine with one GPU per run, each run gets its own (CUDA_VISIBLE_DEVICES) and runs at full
 # speed; TRAIN_ARGS_<run> (e.g. TRAIN_ARGS_b) replaces TRAIN_ARGS for that run, to train two
-# designs side by side.
+# designs side by side. FINETUNE_ARGS (or FINETUNE_ARGS_<run>), when set, is a second training
+# command run right after the first, continuing from its pipeline (`--init-from`), as the shipped
+# model was trained (tools/train/README.md).
 # Needs .gpu/entrovid-world.xz (a release build of crates/world's binary) and .whl/ (diffusers).
 # The training command (tools/train/README.md) is TRAIN_ARGS below.
 set -uo pipefail
@@ -37,10 +39,17 @@ case "$1" in
     gpus=$(nvidia-smi -L 2>/dev/null | wc -l); index=0
     for run in $RUNS; do
       args_var="TRAIN_ARGS_$run"; args=${!args_var:-$TRAIN_ARGS}
+      finetune_var="FINETUNE_ARGS_$run"; finetune=${!finetune_var:-${FINETUNE_ARGS:-}}
       device=""; [ "$gpus" -gt 1 ] && device="CUDA_VISIBLE_DEVICES=$((index % gpus))"
-      echo "run $run: $device train.py $args"
-      setsid nohup bash -c "$device python3 tools/train/train.py --data $WORK/train.safetensors \
-          --out $WORK/$run/model $args >$WORK/$run.log 2>&1; echo \$? >$WORK/$run.rc" >/dev/null 2>&1 &
+      train="$device python3 tools/train/train.py --data $WORK/train.safetensors"
+      if [ -n "$finetune" ]; then
+        echo "run $run: train.py $args, then train.py --init-from (that) $finetune"
+        commands="$train --out $WORK/$run/base $args && $train --out $WORK/$run/model --init-from $WORK/$run/base $finetune"
+      else
+        echo "run $run: train.py $args"
+        commands="$train --out $WORK/$run/model $args"
+      fi
+      setsid nohup bash -c "($commands) >$WORK/$run.log 2>&1; echo \$? >$WORK/$run.rc" >/dev/null 2>&1 &
       index=$((index + 1))
     done
     sleep 30; for run in $RUNS; do tail -3 "$WORK/$run.log"; done ;;
@@ -71,11 +80,12 @@ case "$1" in
             --prompts "$WORK/$run/$split-samples.json" --out "$WORK/$run/${split}_report.json"
       done
       cp "$WORK/$run/model.log.json" "$WORK/$run/train_log.json" 2>/dev/null
+      cp "$WORK/$run/base.log.json" "$WORK/$run/base_train_log.json" 2>/dev/null || : >"$WORK/$run/base_train_log.json"
       # Whether the model reads each kind of prompt word (the motion words above all).
       python3 tools/train/probe_conditioning.py --model "$WORK/$run/model" \
           --data "$WORK/held-out.safetensors" --clips 48 2>/dev/null >"$WORK/$run/probe.txt"
       cat "$WORK/$run/probe.txt"
-      tar -C "$WORK/$run" -cf - model held-out_report.json train-split_report.json train_log.json probe.txt \
+      tar -C "$WORK/$run" -cf - model held-out_report.json train-split_report.json train_log.json base_train_log.json probe.txt \
         | xz -1 -T4 | split -b 15M - "$out/run_$run.tar.xz.part-"
     }
     # One run per GPU at a time, all at once where there are as many GPUs as runs.

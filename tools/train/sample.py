@@ -7,6 +7,7 @@ For every prompt of `--prompts` (a JSON file with `{"items": [{"prompt": ...}, .
 written by `entrovid-world export`) and every seed, one video is generated (25 DDIM steps,
 guidance 7.5, 16 frames, 64x64 by default). The initial noise of each video comes from its own
 generator seeded with its seed, so a video does not depend on the batch it was generated in.
+A model whose entrovid.json names a `guidance_rescale` is sampled with it, as entrovid samples it.
 Writes `--out` (tensor `videos`, uint8 [N, F, H, W, 3]) and the JSON beside it (same name, .json)
 with one item per video: prompt, seed and the index of the source item.
 """
@@ -40,6 +41,44 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def model_guidance_rescale(model: Path) -> float:
+    """The model's `guidance_rescale` (entrovid.json; 0 when absent), which entrovid applies."""
+    info = model / "entrovid.json"
+    return float(json.loads(info.read_text()).get("guidance_rescale", 0.0)) if info.is_file() else 0.0
+
+
+class RescaledGuidanceUNet(torch.nn.Module):
+    """Makes TextToVideoSDPipeline, which has no `guidance_rescale`, sample as entrovid does.
+
+    The pipeline combines the UNet's two batch halves as uncond + g · (cond − uncond). This
+    wrapper returns, in place of the unconditional half, the prediction for which that
+    combination equals diffusers' `rescale_noise_cfg` of it (Lin et al. 2023, §3.4: the guided
+    prediction pulled towards the conditional one's standard deviation by the factor φ), so the
+    sampler sees exactly the rescaled guidance of crates/model/src/pipeline/sampling.rs.
+    """
+
+    def __init__(self, unet, guidance_scale: float, rescale: float):
+        super().__init__()
+        self.unet, self.guidance_scale, self.rescale = unet, guidance_scale, rescale
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.unet, name)
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, **kwargs):
+        kwargs["return_dict"] = False
+        output = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)[0]
+        uncond, cond = output.chunk(2)
+        g = self.guidance_scale
+        guided = uncond + g * (cond - uncond)
+        dims = list(range(1, guided.ndim))
+        rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+        wanted = self.rescale * rescaled + (1.0 - self.rescale) * guided
+        return (torch.cat([(g * cond - wanted) / (g - 1.0), cond]),)
+
+
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     """The pipeline's np output (float in [0, 1], [B, F, H, W, 3]) as uint8."""
     return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
@@ -61,6 +100,9 @@ def main() -> None:
     pipe = TextToVideoSDPipeline.from_pretrained(str(args.model), dtype=getattr(torch, args.dtype))
     pipe = pipe.to(args.device)
     pipe.set_progress_bar_config(disable=True)
+    rescale = model_guidance_rescale(args.model)
+    if rescale > 0 and args.guidance > 1:
+        pipe.unet = RescaledGuidanceUNet(pipe.unet, args.guidance, rescale)
 
     videos = []
     started = time.monotonic()
@@ -78,6 +120,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file({"videos": np.ascontiguousarray(np.concatenate(videos))}, str(args.out))
     meta = {"model": str(args.model), "steps": args.steps, "guidance_scale": args.guidance,
+            "guidance_rescale": rescale,
             "video": {"frames": args.frames, "width": args.width, "height": args.height},
             "items": [{"index": i, **job} for i, job in enumerate(jobs)]}
     args.out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")

@@ -9,9 +9,12 @@
 //!  "default_num_frames": 16, "num_frames": [8, 16],
 //!  "default_width": 64, "width": [64, 64],
 //!  "default_height": 64, "height": [64, 64],
-//!  "default_num_inference_steps": 25, "default_guidance_scale": 9.0, "default_fps": 8}
+//!  "default_num_inference_steps": 25, "default_guidance_scale": 9.0, "default_fps": 8,
+//!  "guidance_rescale": 0.7}
 //! ```
-//! Ranges are inclusive `[min, max]`.
+//! Ranges are inclusive `[min, max]`. `guidance_rescale` (0 when absent) is how the model's
+//! guided predictions are rescaled (see [`crate::pipeline::Guidance::rescaled`]): a property of
+//! how the model was trained (models trained to a zero terminal SNR want it), not of a request.
 
 use std::path::Path;
 
@@ -49,6 +52,9 @@ pub struct ModelInfo {
     pub size_multiple: usize,
     pub limits: Limits,
     pub defaults: Defaults,
+    /// φ of the guidance rescale applied to every guided prediction, in [0, 1]; 0 = none.
+    #[serde(default)]
+    pub guidance_rescale: f64,
 }
 
 /// The contents of `entrovid.json`.
@@ -65,6 +71,7 @@ pub struct ModelInfoFile {
     pub default_num_inference_steps: Option<usize>,
     pub default_guidance_scale: Option<f64>,
     pub default_fps: Option<u32>,
+    pub guidance_rescale: Option<f64>,
 }
 
 /// What the component configs say, from which missing settings are derived.
@@ -114,6 +121,7 @@ impl ModelInfo {
                 guidance_scale: DEFAULT_GUIDANCE_SCALE,
                 fps: DEFAULT_FPS,
             },
+            guidance_rescale: 0.0,
         }
     }
 
@@ -167,6 +175,9 @@ impl ModelInfo {
         if let Some(fps) = file.default_fps {
             defaults.fps = fps;
         }
+        if let Some(rescale) = file.guidance_rescale {
+            self.guidance_rescale = rescale;
+        }
         self
     }
 
@@ -212,6 +223,9 @@ impl ModelInfo {
         }
         if self.defaults.fps == 0 {
             return Err("default_fps must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.guidance_rescale) {
+            return Err("guidance_rescale must be a number in [0, 1]".into());
         }
         Ok(())
     }
@@ -274,6 +288,12 @@ mod tests {
         assert_eq!(info.defaults.num_inference_steps, 20);
         assert_eq!(info.defaults.fps, 4);
         assert_eq!(info.defaults.guidance_scale, 9.0);
+        assert_eq!(info.guidance_rescale, 0.0);
+
+        std::fs::write(&path, r#"{"guidance_rescale": 0.7}"#).unwrap();
+        assert_eq!(ModelInfo::load(dir.path(), &facts()).unwrap().guidance_rescale, 0.7);
+        std::fs::write(&path, r#"{"guidance_rescale": 1.5}"#).unwrap();
+        assert!(ModelInfo::load(dir.path(), &facts()).is_err());
 
         std::fs::write(&path, r#"{"width": [60, 64]}"#).unwrap();
         assert!(matches!(

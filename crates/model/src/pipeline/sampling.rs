@@ -43,6 +43,8 @@ pub struct Guidance {
     embeddings: Tensor,
     /// `Some(g)` when both branches run: noise = uncond + g · (cond − uncond).
     scale: Option<f64>,
+    /// φ of [`Self::rescaled`]; 0 leaves the guided prediction as it is.
+    rescale: f64,
     roles: Vec<BatchRole>,
     runs: usize,
 }
@@ -82,9 +84,21 @@ impl Guidance {
         Ok(Self {
             embeddings: Tensor::cat(&embeddings, 0)?,
             scale: guided.then_some(guidance_scale),
+            rescale: 0.0,
             roles,
             runs: runs.len(),
         })
+    }
+
+    /// Rescales every guided prediction towards the conditional branch's standard deviation
+    /// (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", §3.4;
+    /// diffusers' `rescale_noise_cfg`): with σ the standard deviation over all of a run's values,
+    /// guided ← φ · guided · σ(cond) / σ(guided) + (1 − φ) · guided. Large guidance scales
+    /// otherwise overshoot, which a model trained to a zero terminal SNR shows as wrong,
+    /// over-saturated colours. φ = 0 changes nothing; it has no effect without guidance.
+    pub fn rescaled(mut self, factor: f64) -> Self {
+        self.rescale = factor;
+        self
     }
 
     /// Only the conditional branch (inversion usually runs this way).
@@ -92,6 +106,7 @@ impl Guidance {
         Self {
             embeddings: cond.clone(),
             scale: None,
+            rescale: 0.0,
             roles: vec![BatchRole::MAIN_COND],
             runs: 1,
         }
@@ -163,12 +178,37 @@ impl Guidance {
                 None => output,
                 Some(scale) => {
                     let (uncond, cond) = (output.narrow(0, 0, 1)?, output.narrow(0, 1, 1)?);
-                    (&uncond + ((cond - &uncond)? * scale)?)?
+                    let guided = (&uncond + ((&cond - &uncond)? * scale)?)?;
+                    rescale_guided(guided, &cond, self.rescale)?
                 }
             });
         }
         Tensor::cat(&outputs, 0)
     }
+}
+
+/// [`Guidance::rescaled`] of one run's guided prediction `guided` and conditional one `cond`.
+fn rescale_guided(guided: Tensor, cond: &Tensor, factor: f64) -> candle_core::Result<Tensor> {
+    if factor == 0.0 {
+        return Ok(guided);
+    }
+    let (cond_std, guided_std) = (standard_deviation(cond)?, standard_deviation(&guided)?);
+    if guided_std == 0.0 {
+        return Ok(guided);
+    }
+    guided * (factor * cond_std / guided_std + (1.0 - factor))
+}
+
+/// The standard deviation of all values of `x` with Bessel's correction, as torch's `std`.
+fn standard_deviation(x: &Tensor) -> candle_core::Result<f64> {
+    let n = x.elem_count();
+    if n < 2 {
+        return Ok(0.0);
+    }
+    let x = x.flatten_all()?.to_dtype(DType::F64)?;
+    let centred = x.broadcast_sub(&x.mean_keepdim(0)?)?;
+    let sum_of_squares = centred.sqr()?.sum_all()?.to_scalar::<f64>()?;
+    Ok((sum_of_squares / (n - 1) as f64).sqrt())
 }
 
 /// One step of one run with each guidance branch as its own single-item pass, the two passes on
@@ -463,6 +503,70 @@ mod tests {
         assert_eq!(calls[0].0, vec![801.0, 801.0]);
         assert_eq!(calls[0].1[0].branch, Branch::Uncond);
         assert_eq!(calls[0].1[1].branch, Branch::Cond);
+    }
+
+    /// Predicts sample · (1 + mean of the text): the branches differ in spread, not only in
+    /// offset, so a guidance rescale has something to change.
+    struct SpreadDenoiser;
+
+    impl Denoiser for SpreadDenoiser {
+        fn predict(
+            &self,
+            sample: &Tensor,
+            _timesteps: &Tensor,
+            encoder_hidden_states: &Tensor,
+            _ctx: &mut ForwardCtx,
+        ) -> candle_core::Result<Tensor> {
+            let text = encoder_hidden_states.mean_keepdim(2)?.mean_keepdim(1)?;
+            sample.broadcast_mul(&(text.unsqueeze(3)?.unsqueeze(4)? + 1.0)?)
+        }
+
+        fn dtype(&self) -> DType {
+            DType::F32
+        }
+    }
+
+    #[test]
+    fn guidance_rescale_pulls_the_guided_spread_towards_the_conditional_one() {
+        let (cond, uncond) = texts(); // text means 1 and −1: uncond = 0, cond = 2 · sample
+        let latents = Tensor::new(&[1f32, 2.0, 3.0, 5.0], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 4, 1, 1))
+            .unwrap();
+        let step = StepInfo {
+            index: 0,
+            num_steps: 1,
+            timestep: 801.0,
+        };
+        let predict = |rescale: f64| {
+            let guidance = Guidance::new(&cond, &uncond, 7.5).unwrap().rescaled(rescale);
+            let out = guidance.predict(&SpreadDenoiser, &latents, step, None).unwrap();
+            out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let sample = [1f32, 2.0, 3.0, 5.0];
+        // guided = 7.5 · cond, so σ(cond) / σ(guided) = 1 / 7.5 and φ = 0.7 gives
+        // 0.7 · cond + 0.3 · 7.5 · cond.
+        for (rescale, factor) in [(0.0, 15.0), (0.7, 2.0 * (0.7 + 0.3 * 7.5)), (1.0, 2.0)] {
+            let values = predict(rescale);
+            for (value, x) in values.iter().zip(sample) {
+                assert!((value - factor as f32 * x).abs() < 1e-4, "φ {rescale}: {values:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn rescale_uses_the_standard_deviation_with_bessels_correction() {
+        let guided = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &Device::Cpu).unwrap();
+        let cond = Tensor::new(&[0f32, 0.0, 1.0, 1.0], &Device::Cpu).unwrap();
+        let std = |v: &[f64]| {
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+        };
+        let ratio = std(&[0.0, 0.0, 1.0, 1.0]) / std(&[1.0, 2.0, 3.0, 4.0]);
+        let out = rescale_guided(guided, &cond, 0.7).unwrap().to_vec1::<f32>().unwrap();
+        for (value, x) in out.iter().zip([1.0, 2.0, 3.0, 4.0]) {
+            assert!((f64::from(*value) - x * (0.7 * ratio + 0.3)).abs() < 1e-6, "{out:?}");
+        }
     }
 
     #[test]

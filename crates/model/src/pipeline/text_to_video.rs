@@ -199,7 +199,8 @@ impl TextToVideoPipeline {
                 &embeddings.narrow(0, 0, 1)?,
                 &embeddings.narrow(0, 1, 1)?,
                 guidance_scale,
-            )?)
+            )?
+            .rescaled(self.info.guidance_rescale))
         } else {
             Ok(Guidance::conditional_only(&self.encode_texts(&[prompt])?))
         }
@@ -295,7 +296,8 @@ impl TextToVideoPipeline {
             ],
             &texts.narrow(0, 2, 1)?,
             params.guidance_scale,
-        )?;
+        )?
+        .rescaled(self.info.guidance_rescale);
         report(on_progress, Stage::EncodingText, 1, 1)?;
         let latents = Tensor::cat(&[start, start], 0)?;
         let mut injecting = InjectingControl::new(injection, control);
