@@ -9,8 +9,11 @@
 //! multiplied once by the weights packed at load time. Other devices keep candle's convolution
 //! (cuDNN on CUDA), whose results the GPU parity checks were made with.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use rayon::prelude::*;
+
+use crate::cpu_math::cpu_f32_data;
 
 /// `Σ_k packed[:, k·C..(k+1)·C] · shifted[k]` for every batch item, plus the bias.
 /// `shifted`: K tensors `[B, C, S]`; `packed`: `[O, K·C]`; returns `[B, O, S]`. The batch is folded
@@ -76,6 +79,11 @@ impl Module for SameConv3x3 {
             Self::Packed { packed, bias } => (packed, bias),
         };
         let (n, c, h, w) = x.dims4()?;
+        if h * w >= ROW_TILED_MIN_PIXELS {
+            if let Some(out) = same_conv3x3_row_tiled(x, packed, bias.as_ref())? {
+                return Ok(out);
+            }
+        }
         let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
         let mut shifted = Vec::with_capacity(9);
         for kh in 0..3 {
@@ -89,6 +97,161 @@ impl Module for SameConv3x3 {
             }
         }
         shifted_product(&shifted, packed, bias.as_ref())?.reshape((n, (), h, w))
+    }
+}
+
+/// Images with at least this many pixels take [`same_conv3x3_row_tiled`]: from 16×16 on (the
+/// VAE's upper levels, larger latents), materialising the shifted copies of a whole batch costs
+/// more than the product (at 64×64 × 16 frames a 9·C × 65 536 matrix), and candle's own tiled
+/// convolution gathers its tiles element by element; below, the one large product of
+/// [`shifted_product`] is faster.
+const ROW_TILED_MIN_PIXELS: usize = 256;
+/// Output pixels per tile of [`same_conv3x3_row_tiled`] (whole rows, at least one): tiles of
+/// 9·C × 256 inputs stay in the core's cache for every C up to 64 at 64 px and 128 at 32 px.
+const TILE_PIXELS: usize = 256;
+
+/// A 3×3 "same" convolution of f32 `x` `[N, C, H, W]` on the CPU as many small products, each over
+/// a band of whole output rows of one image: the band's 9·C shifted input rows are gathered with
+/// row copies (the zero padding written as single zeros, never materialised) into a buffer of the
+/// thread, then multiplied by the packed weights straight into the output, which starts as the
+/// bias. Bands run in parallel. Each image is computed alone, so a batch item's result does not
+/// depend on the batch. `None` when `x` or the weights are not f32 on the CPU.
+fn same_conv3x3_row_tiled(
+    x: &Tensor,
+    packed: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    if x.dtype() != DType::F32 || packed.dtype() != DType::F32 || !x.device().is_cpu() {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (n, c, h, w) = x.dims4()?;
+    let (out_channels, depth) = packed.dims2()?;
+    let bias = match bias {
+        Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+        None => vec![0.0; out_channels],
+    };
+    let (x_storage, x_layout) = x.storage_and_layout();
+    let (w_storage, w_layout) = packed.storage_and_layout();
+    let (Some(input), Some(weights)) = (
+        cpu_f32_data(&x_storage, x_layout, n * c * h * w)?,
+        cpu_f32_data(&w_storage, w_layout, out_channels * depth)?,
+    ) else {
+        return Ok(None);
+    };
+    if depth != 9 * c || !w_layout.is_contiguous() {
+        candle_core::bail!("packed 3×3 weights [{out_channels}, {depth}] for {c} input channels");
+    }
+    let rows_per_band = (TILE_PIXELS / w).clamp(1, h);
+    let bands = h.div_ceil(rows_per_band);
+    let plane = h * w;
+    let mut out = vec![0f32; n * out_channels * plane];
+    for (channel, values) in out.chunks_exact_mut(plane).enumerate() {
+        values.fill(bias[channel % out_channels]);
+    }
+    let out_ptr = SharedOutput(out.as_mut_ptr());
+    (0..n * bands).into_par_iter().for_each_init(
+        || vec![0f32; depth * rows_per_band * w],
+        |columns, task| {
+            let (image, band) = (task / bands, task % bands);
+            let first_row = band * rows_per_band;
+            let rows = rows_per_band.min(h - first_row);
+            let width = rows * w;
+            let image_input = &input[image * c * plane..][..c * plane];
+            gather_shifted_rows(
+                image_input,
+                (c, h, w),
+                first_row,
+                rows,
+                &mut columns[..depth * width],
+            );
+            // SAFETY: the destination is this band's rows of this image's `out_channels` planes
+            // (`out_channels` rows of `width` values, `plane` apart) inside `out`, which outlives
+            // the loop; no two tasks share a band, so the writes never overlap. `weights` holds
+            // `out_channels` rows of `depth` values and `columns` `depth` rows of `width` values.
+            unsafe {
+                let dst = out_ptr
+                    .get()
+                    .add(image * out_channels * plane + first_row * w);
+                gemm::gemm(
+                    out_channels,
+                    width,
+                    depth,
+                    dst,
+                    1,
+                    plane as isize,
+                    true,
+                    weights.as_ptr(),
+                    1,
+                    depth as isize,
+                    columns.as_ptr(),
+                    1,
+                    width as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        },
+    );
+    drop((x_storage, w_storage));
+    Ok(Some(Tensor::from_vec(
+        out,
+        (n, out_channels, h, w),
+        x.device(),
+    )?))
+}
+
+/// The output buffer of [`same_conv3x3_row_tiled`], written by every task at its own rows.
+#[derive(Clone, Copy)]
+struct SharedOutput(*mut f32);
+// SAFETY: tasks write disjoint parts of the buffer (see the call site).
+unsafe impl Send for SharedOutput {}
+unsafe impl Sync for SharedOutput {}
+
+impl SharedOutput {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// The im2col rows of output rows `first_row..first_row + rows` of one image `input` `[C, H, W]`:
+/// `columns` `[9·C, rows·W]`, row `(kh·3 + kw)·C + c` holding input channel c shifted by
+/// (kh − 1, kw − 1), zero outside the image (the packed weights' order).
+fn gather_shifted_rows(
+    input: &[f32],
+    (c, h, w): (usize, usize, usize),
+    first_row: usize,
+    rows: usize,
+    columns: &mut [f32],
+) {
+    let width = rows * w;
+    for (row_index, column_row) in columns.chunks_exact_mut(width).enumerate() {
+        let (offset, channel) = (row_index / c, row_index % c);
+        let (kh, kw) = (offset / 3, offset % 3);
+        let channel_input = &input[channel * h * w..][..h * w];
+        for (r, segment) in column_row.chunks_exact_mut(w).enumerate() {
+            let source_row = (first_row + r + kh).checked_sub(1).filter(|&y| y < h);
+            let Some(y) = source_row else {
+                segment.fill(0.0);
+                continue;
+            };
+            let source = &channel_input[y * w..][..w];
+            match kw {
+                0 => {
+                    segment[0] = 0.0;
+                    segment[1..].copy_from_slice(&source[..w - 1]);
+                }
+                1 => segment.copy_from_slice(source),
+                _ => {
+                    segment[..w - 1].copy_from_slice(&source[1..]);
+                    segment[w - 1] = 0.0;
+                }
+            }
+        }
     }
 }
 
@@ -177,7 +340,15 @@ mod tests {
 
     #[test]
     fn same_conv_matches_candles_convolution() {
-        for (n, c_in, c_out, h, w) in [(3, 5, 7, 6, 9), (1, 1, 2, 1, 1), (2, 4, 3, 8, 8)] {
+        // The last three take the row-tiled kernel (bands of whole rows, a last band shorter).
+        for (n, c_in, c_out, h, w) in [
+            (3, 5, 7, 6, 9),
+            (1, 1, 2, 1, 1),
+            (2, 4, 3, 8, 8),
+            (2, 3, 5, 16, 16),
+            (3, 6, 4, 21, 40),
+            (1, 2, 3, 300, 1),
+        ] {
             let map = random_varmap(|vb| SameConv3x3::new(c_in, c_out, vb));
             let conv = SameConv3x3::new(c_in, c_out, cpu_vars(&map)).unwrap();
             let config = Conv2dConfig {

@@ -22,4 +22,5 @@ mod test_support;
 pub mod tokenizer;
 pub mod unet3d;
 pub mod vae;
+mod vae_blocks;
 pub mod weights;

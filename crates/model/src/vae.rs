@@ -1,26 +1,24 @@
 //! The video pipeline's image autoencoder: diffusers' `AutoencoderKL` (encode to the latent
 //! posterior, decode latents to RGB in [-1, 1]), applied frame by frame to videos.
 //!
-//! The resnets and the down/up blocks come from candle-transformers' Stable Diffusion code, which
-//! matches diffusers. The autoencoder around them is written here because candle's `AutoEncoderKL`
-//! does not expose the posterior mean, does not clamp the log-variance the way diffusers does, and
-//! cannot be configured from `config.json`; the mid block too, because candle's mid-block
-//! attention feeds a transposed (non-contiguous) tensor to `Linear`, which candle 0.11.1's CPU
-//! batched matmul miscomputes for batches larger than one.
+//! The resnets and the down/up blocks are in [`crate::vae_blocks`] (checked there against
+//! candle-transformers' Stable Diffusion blocks, which match diffusers, but with this crate's CPU
+//! convolutions). The autoencoder is written here because candle's `AutoEncoderKL` does not expose
+//! the posterior mean, does not clamp the log-variance the way diffusers does, and cannot be
+//! configured from `config.json`; the mid block too, because candle's mid-block attention feeds a
+//! transposed (non-contiguous) tensor to `Linear`, which candle 0.11.1's CPU batched matmul
+//! miscomputes for batches larger than one.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{conv2d, linear, Conv2d, Linear, VarBuilder};
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    DownEncoderBlock2D, DownEncoderBlock2DConfig, UpDecoderBlock2D, UpDecoderBlock2DConfig,
-};
 use serde::Deserialize;
 
 use crate::conv::SameConv3x3;
 use crate::error::ModelError;
 use crate::norm::{group_norm, GroupNorm};
+use crate::vae_blocks::{DownEncoderBlock, NormSettings, Resnet, UpDecoderBlock};
 use crate::weights::{read_json, ComponentWeights};
 
 /// diffusers' epsilon for every normalisation inside the autoencoder.
@@ -74,6 +72,14 @@ impl Default for VaeConfig {
 }
 
 impl VaeConfig {
+    /// The group count and epsilon of every norm inside the autoencoder.
+    fn norm_settings(&self) -> NormSettings {
+        NormSettings {
+            groups: self.norm_num_groups,
+            eps: NORM_EPS,
+        }
+    }
+
     /// How many pixels one latent cell covers along each side: 2^(number of blocks − 1).
     pub fn spatial_scale(&self) -> usize {
         1 << self.block_out_channels.len().saturating_sub(1)
@@ -302,36 +308,30 @@ pub fn frames_to_video(frames: &Tensor, batch: usize) -> Result<Tensor> {
 /// single-head self-attention over all pixels, resnet.
 #[derive(Debug)]
 struct MidBlock {
-    first: ResnetBlock2D,
+    first: Resnet,
     attention: MidAttention,
-    second: ResnetBlock2D,
+    second: Resnet,
 }
 
 impl MidBlock {
     fn new(vb: VarBuilder, channels: usize, config: &VaeConfig) -> Result<Self> {
-        let resnet_config = ResnetBlock2DConfig {
-            eps: NORM_EPS,
-            groups: config.norm_num_groups,
-            temb_channels: None,
-            output_scale_factor: 1.0,
-            ..Default::default()
-        };
+        let norm = config.norm_settings();
         let resnets = vb.pp("resnets");
         Ok(Self {
-            first: ResnetBlock2D::new(resnets.pp(0), channels, resnet_config)?,
+            first: Resnet::new(channels, channels, norm, resnets.pp(0))?,
             attention: MidAttention::new(
                 vb.pp("attentions").pp(0),
                 channels,
                 config.norm_num_groups,
             )?,
-            second: ResnetBlock2D::new(resnets.pp(1), channels, resnet_config)?,
+            second: Resnet::new(channels, channels, norm, resnets.pp(1))?,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = self.first.forward(xs, None)?;
+        let xs = self.first.forward(xs)?;
         let xs = self.attention.forward(&xs)?;
-        self.second.forward(&xs, None)
+        self.second.forward(&xs)
     }
 }
 
@@ -392,7 +392,7 @@ impl MidAttention {
 #[derive(Debug)]
 struct Encoder {
     conv_in: SameConv3x3,
-    down_blocks: Vec<DownEncoderBlock2D>,
+    down_blocks: Vec<DownEncoderBlock>,
     mid_block: MidBlock,
     conv_norm_out: GroupNorm,
     conv_out: SameConv3x3,
@@ -405,20 +405,13 @@ impl Encoder {
         let conv_in = SameConv3x3::new(config.in_channels, channels[0], vb.pp("conv_in"))?;
         let down_blocks = (0..channels.len())
             .map(|index| {
-                let in_channels = channels[index.saturating_sub(1)];
-                let block_config = DownEncoderBlock2DConfig {
-                    num_layers: config.layers_per_block,
-                    resnet_eps: NORM_EPS,
-                    resnet_groups: config.norm_num_groups,
-                    output_scale_factor: 1.0,
-                    add_downsample: index + 1 < channels.len(),
-                    downsample_padding: 0,
-                };
-                DownEncoderBlock2D::new(
-                    vb.pp("down_blocks").pp(index),
-                    in_channels,
+                DownEncoderBlock::new(
+                    channels[index.saturating_sub(1)],
                     channels[index],
-                    block_config,
+                    config.layers_per_block,
+                    index + 1 < channels.len(),
+                    config.norm_settings(),
+                    vb.pp("down_blocks").pp(index),
                 )
             })
             .collect::<Result<Vec<_>>>()?;
@@ -452,7 +445,7 @@ impl Encoder {
 struct Decoder {
     conv_in: SameConv3x3,
     mid_block: MidBlock,
-    up_blocks: Vec<UpDecoderBlock2D>,
+    up_blocks: Vec<UpDecoderBlock>,
     conv_norm_out: GroupNorm,
     conv_out: SameConv3x3,
 }
@@ -463,19 +456,13 @@ impl Decoder {
         let first = config.block_out_channels[0];
         let up_blocks = (0..reversed.len())
             .map(|index| {
-                let in_channels = reversed[index.saturating_sub(1)];
-                let block_config = UpDecoderBlock2DConfig {
-                    num_layers: config.layers_per_block + 1,
-                    resnet_eps: NORM_EPS,
-                    resnet_groups: config.norm_num_groups,
-                    output_scale_factor: 1.0,
-                    add_upsample: index + 1 < reversed.len(),
-                };
-                UpDecoderBlock2D::new(
-                    vb.pp("up_blocks").pp(index),
-                    in_channels,
+                UpDecoderBlock::new(
+                    reversed[index.saturating_sub(1)],
                     reversed[index],
-                    block_config,
+                    config.layers_per_block + 1,
+                    index + 1 < reversed.len(),
+                    config.norm_settings(),
+                    vb.pp("up_blocks").pp(index),
                 )
             })
             .collect::<Result<Vec<_>>>()?;
