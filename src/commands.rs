@@ -25,11 +25,33 @@ pub fn model_provider(settings: &Settings) -> anyhow::Result<Arc<dyn BackendProv
         tracing::warn!(step_ms, "serving the synthetic test model instead of model folders");
         return Ok(Arc::new(crate::worker::fake::FakeProvider::new(std::time::Duration::from_millis(step_ms))));
     }
-    // Models are described from (and first loaded onto) the first worker device, so a GPU
-    // deployment does not also hold every model in CPU memory.
-    let primary_device = settings.worker_devices().into_iter().next().unwrap_or_else(|| "cpu".to_string());
-    let provider = crate::worker::pipeline_backend::PipelineProvider::scan(&settings.models.dir, &primary_device, &settings.models.dtype)?;
+    let provider = crate::worker::pipeline_backend::PipelineProvider::scan(&settings.models.dir, &primary_device(settings), &settings.models.dtype)?;
     Ok(Arc::new(provider))
+}
+
+/// Models are described from (and first loaded onto) the first worker device, so a GPU
+/// deployment does not also hold every model in CPU memory.
+fn primary_device(settings: &Settings) -> String {
+    settings.worker_devices().into_iter().next().unwrap_or_else(|| "cpu".to_string())
+}
+
+/// What `entrovid generate` loads: only the model it will run when that one is known (named, the
+/// configured default, or the preferred default present in the folder), since loading every model
+/// of a folder of real checkpoints takes minutes; otherwise every model, as the server does.
+fn generate_provider(settings: &Settings, named: Option<&str>) -> anyhow::Result<Arc<dyn BackendProvider>> {
+    if settings.models.synthetic_step_ms.is_some() {
+        return model_provider(settings);
+    }
+    match resolve_model_id(settings, named) {
+        Ok(id) => Ok(Arc::new(crate::worker::pipeline_backend::PipelineProvider::scan_one(
+            &settings.models.dir,
+            &id,
+            &primary_device(settings),
+            &settings.models.dtype,
+        )?)),
+        // An unknown name then fails validation with the list of the models there are.
+        Err(_) => model_provider(settings),
+    }
 }
 
 /// [`model_provider`] off the async threads: loading models takes seconds to minutes.
@@ -59,9 +81,12 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Generate(args) => {
-            let provider = load_models(&settings).await?;
+            let provider = {
+                let (settings, named) = (settings.clone(), args.model.clone());
+                tokio::task::spawn_blocking(move || generate_provider(&settings, named.as_deref())).await??
+            };
             let default_model = settings.models.default.clone();
-            let device = settings.worker_devices().into_iter().next().unwrap_or_else(|| "cpu".to_string());
+            let device = primary_device(&settings);
             tokio::task::spawn_blocking(move || generate(&args, provider, default_model.as_deref(), &device)).await?
         }
         Command::Debug(DebugCommand::Unet(args)) => tokio::task::spawn_blocking(move || debug_unet(&args)).await?,
