@@ -5,6 +5,7 @@ use entrovid::cli::Cli;
 use entrovid::commands;
 
 fn main() -> std::process::ExitCode {
+    keep_candle_element_wise_ops_on_their_thread();
     let cli = Cli::parse();
     // The log filter is the one setting read outside `Settings`: logging must work before
     // settings can be parsed (and report why they could not be).
@@ -30,5 +31,19 @@ fn main() -> std::process::ExitCode {
             eprintln!("entrovid: {error:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// candle runs large element-wise operations on one global pool of helper threads
+/// (`CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else one per core), entered under a lock. On
+/// the CPU a guided run computes its two guidance branches on two threads at once
+/// (`crates/model/src/pipeline/sampling.rs`), which then queue for that pool while its helper
+/// spins on a core they need: a default generate on 2 cores took 2.29-2.35 s with it and
+/// 1.64-1.69 s without (same bytes; BENCHMARKS.md). Unless the operator sets
+/// `CANDLE_NUM_THREADS`, the pool gets no helpers and each operation runs on its caller's thread.
+/// Called before any other thread exists (the variable is read when candle first needs the pool).
+fn keep_candle_element_wise_ops_on_their_thread() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
