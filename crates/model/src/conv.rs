@@ -4,10 +4,11 @@
 //! candle 0.11's CPU `conv2d` builds its im2col tiles in scalar loops with bounds checks, one small
 //! GEMM per image, and repacks the weights on every call; at this project's sizes (8×8 to 64×64
 //! images, 4 to 128 channels) that costs as much as the products themselves (callgrind of a UNet
-//! step: 15% of the instructions in the im2col closures against 30% in GEMM). Here the shifted
-//! views of the zero-padded input are concatenated along the channels with bulk copies and
-//! multiplied once by the weights packed at load time. Other devices keep candle's convolution
-//! (cuDNN on CUDA), whose results the GPU parity checks were made with.
+//! step: 15% of the instructions in the im2col closures against 30% in GEMM). Here the 3×3 one
+//! gathers the shifted rows of the input with row copies, band by band, and multiplies them by
+//! the weights packed at load time straight into the output; the temporal one concatenates the
+//! shifted views of the zero-padded input along the channels and multiplies once. Other devices
+//! keep candle's convolution (cuDNN on CUDA), whose results the GPU parity checks were made with.
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
@@ -78,12 +79,11 @@ impl Module for SameConv3x3 {
             Self::Candle(conv) => return conv.forward(x),
             Self::Packed { packed, bias } => (packed, bias),
         };
-        let (n, c, h, w) = x.dims4()?;
-        if h * w >= ROW_TILED_MIN_PIXELS {
-            if let Some(out) = same_conv3x3_row_tiled(x, packed, bias.as_ref())? {
-                return Ok(out);
-            }
+        if let Some(out) = same_conv3x3_row_tiled(x, packed, bias.as_ref())? {
+            return Ok(out);
         }
+        // Other dtypes (f16/bf16 weights on the CPU): the shifted copies and one product.
+        let (n, c, h, w) = x.dims4()?;
         let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
         let mut shifted = Vec::with_capacity(9);
         for kh in 0..3 {
@@ -100,21 +100,18 @@ impl Module for SameConv3x3 {
     }
 }
 
-/// Images with at least this many pixels take [`same_conv3x3_row_tiled`]: from 16×16 on (the
-/// VAE's upper levels, larger latents), materialising the shifted copies of a whole batch costs
-/// more than the product (at 64×64 × 16 frames a 9·C × 65 536 matrix), and candle's own tiled
-/// convolution gathers its tiles element by element; below, the one large product of
-/// [`shifted_product`] is faster.
-const ROW_TILED_MIN_PIXELS: usize = 256;
 /// Output pixels per tile of [`same_conv3x3_row_tiled`] (whole rows, at least one): tiles of
 /// 9·C × 256 inputs stay in the core's cache for every C up to 64 at 64 px and 128 at 32 px.
 const TILE_PIXELS: usize = 256;
 
 /// A 3×3 "same" convolution of f32 `x` `[N, C, H, W]` on the CPU as many small products, each over
-/// a band of whole output rows of one image: the band's 9·C shifted input rows are gathered with
-/// row copies (the zero padding written as single zeros, never materialised) into a buffer of the
-/// thread, then multiplied by the packed weights straight into the output, which starts as the
-/// bias. Bands run in parallel. Each image is computed alone, so a batch item's result does not
+/// a band of whole output rows of one image (a whole image up to 256 pixels). Materialising the
+/// shifted copies of a whole batch for one product ([`shifted_product`]) gathers them with
+/// candle's generic strided copies and, at the VAE's 64×64 × 16 frames, builds a 9·C × 65 536
+/// matrix; candle's own CPU convolution gathers its tiles element by element. Here the band's 9·C
+/// shifted input rows are gathered with row copies (the zero padding written as single zeros,
+/// never materialised) into a buffer of the thread, then multiplied by the packed weights straight
+/// into the output, which starts as the bias. Bands run in parallel. Each image is computed alone, so a batch item's result does not
 /// depend on the batch. `None` when `x` or the weights are not f32 on the CPU.
 fn same_conv3x3_row_tiled(
     x: &Tensor,
@@ -340,7 +337,7 @@ mod tests {
 
     #[test]
     fn same_conv_matches_candles_convolution() {
-        // The last three take the row-tiled kernel (bands of whole rows, a last band shorter).
+        // Whole images as one band, and (the last three) several bands, the last one shorter.
         for (n, c_in, c_out, h, w) in [
             (3, 5, 7, 6, 9),
             (1, 1, 2, 1, 1),
