@@ -122,6 +122,53 @@ fn generate_equals_its_parts() {
 }
 
 #[test]
+fn the_models_guidance_rescale_applies_to_its_generations() {
+    // The fixture with an entrovid.json that asks for a guidance rescale of 0.7.
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&fixture(), copy.path());
+    std::fs::write(
+        copy.path().join("entrovid.json"),
+        r#"{"guidance_rescale": 0.7}"#,
+    )
+    .unwrap();
+    let rescaled = TextToVideoPipeline::load(copy.path(), &test_device(), DType::F32).unwrap();
+    assert_eq!(rescaled.info().guidance_rescale, 0.7);
+    let request = params(11);
+    let (video, _) = generate(&rescaled, &request);
+
+    let plain = load();
+    assert_eq!(plain.info().guidance_rescale, 0.0);
+    assert_ne!(
+        generate(&plain, &request).0,
+        video,
+        "the rescale changed nothing"
+    );
+    // The plain model's steps with the rescale added by hand give the same video.
+    let guidance = plain
+        .encode_prompts(
+            &request.prompt,
+            &request.negative_prompt,
+            request.guidance_scale,
+        )
+        .unwrap()
+        .rescaled(0.7);
+    let latents = plain
+        .denoise(
+            plain.initial_latents(&request).unwrap(),
+            &guidance,
+            2,
+            None,
+            &mut |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
+    let images = plain.vae().decode_video(&latents, 8).unwrap();
+    assert_eq!(
+        entrovid_model::pipeline::rgb_frames(&images).unwrap(),
+        video
+    );
+}
+
+#[test]
 fn break_cancels_generation() {
     let pipeline = load();
     let mut denoising_steps = 0;
