@@ -111,8 +111,9 @@ const TILE_PIXELS: usize = 256;
 /// matrix; candle's own CPU convolution gathers its tiles element by element. Here the band's 9·C
 /// shifted input rows are gathered with row copies (the zero padding written as single zeros,
 /// never materialised) into a buffer of the thread, then multiplied by the packed weights straight
-/// into the output, which starts as the bias. Bands run in parallel. Each image is computed alone, so a batch item's result does not
-/// depend on the batch. `None` when `x` or the weights are not f32 on the CPU.
+/// into the output, which starts as the bias. Bands run in parallel. Each image is computed alone,
+/// so a batch item's result does not depend on the batch. `None` when `x` or the weights are not
+/// f32 on the CPU.
 fn same_conv3x3_row_tiled(
     x: &Tensor,
     packed: &Tensor,

@@ -199,16 +199,14 @@ fn rescale_guided(guided: Tensor, cond: &Tensor, factor: f64) -> candle_core::Re
     guided * (factor * cond_std / guided_std + (1.0 - factor))
 }
 
-/// The standard deviation of all values of `x` with Bessel's correction, as torch's `std`.
+/// The standard deviation of all values of `x` with Bessel's correction, as torch's `std`
+/// (candle's `var` is the unbiased variance).
 fn standard_deviation(x: &Tensor) -> candle_core::Result<f64> {
-    let n = x.elem_count();
-    if n < 2 {
+    if x.elem_count() < 2 {
         return Ok(0.0);
     }
-    let x = x.flatten_all()?.to_dtype(DType::F64)?;
-    let centred = x.broadcast_sub(&x.mean_keepdim(0)?)?;
-    let sum_of_squares = centred.sqr()?.sum_all()?.to_scalar::<f64>()?;
-    Ok((sum_of_squares / (n - 1) as f64).sqrt())
+    let variance = x.flatten_all()?.to_dtype(DType::F64)?.var(0)?;
+    Ok(variance.to_scalar::<f64>()?.sqrt())
 }
 
 /// One step of one run with each guidance branch as its own single-item pass, the two passes on
@@ -539,8 +537,12 @@ mod tests {
             timestep: 801.0,
         };
         let predict = |rescale: f64| {
-            let guidance = Guidance::new(&cond, &uncond, 7.5).unwrap().rescaled(rescale);
-            let out = guidance.predict(&SpreadDenoiser, &latents, step, None).unwrap();
+            let guidance = Guidance::new(&cond, &uncond, 7.5)
+                .unwrap()
+                .rescaled(rescale);
+            let out = guidance
+                .predict(&SpreadDenoiser, &latents, step, None)
+                .unwrap();
             out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         };
         let sample = [1f32, 2.0, 3.0, 5.0];
@@ -549,7 +551,10 @@ mod tests {
         for (rescale, factor) in [(0.0, 15.0), (0.7, 2.0 * (0.7 + 0.3 * 7.5)), (1.0, 2.0)] {
             let values = predict(rescale);
             for (value, x) in values.iter().zip(sample) {
-                assert!((value - factor as f32 * x).abs() < 1e-4, "φ {rescale}: {values:?}");
+                assert!(
+                    (value - factor as f32 * x).abs() < 1e-4,
+                    "φ {rescale}: {values:?}"
+                );
             }
         }
     }
@@ -563,9 +568,15 @@ mod tests {
             (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
         };
         let ratio = std(&[0.0, 0.0, 1.0, 1.0]) / std(&[1.0, 2.0, 3.0, 4.0]);
-        let out = rescale_guided(guided, &cond, 0.7).unwrap().to_vec1::<f32>().unwrap();
+        let out = rescale_guided(guided, &cond, 0.7)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for (value, x) in out.iter().zip([1.0, 2.0, 3.0, 4.0]) {
-            assert!((f64::from(*value) - x * (0.7 * ratio + 0.3)).abs() < 1e-6, "{out:?}");
+            assert!(
+                (f64::from(*value) - x * (0.7 * ratio + 0.3)).abs() < 1e-6,
+                "{out:?}"
+            );
         }
     }
 
