@@ -1,28 +1,34 @@
 //! Building blocks of the hand-written CPU kernels (attention, normalisation): reductions written
 //! as eight interleaved partial results and an exponential made of arithmetic only, forms that the
-//! compiler vectorises once they are inlined into a function compiled for AVX2 (see
-//! [`has_avx2_fma`]). Rust does not reorder floating-point sums by itself, so a plain `.sum()`
-//! stays one scalar chain.
+//! compiler vectorises once they are inlined into a function compiled for AVX2 or AVX-512 (see
+//! [`vector_level`]). Rust does not reorder floating-point sums by itself, so a plain `.sum()`
+//! stays one scalar chain — and the same kernel gives the same bits whichever twin runs.
 
 use candle_core::{Layout, Result, Storage};
 
-/// Calls `$kernel(args…)`, an `#[inline(always)]` function, compiled for AVX2 and FMA where the
-/// CPU has them: the kernel is inlined into a `#[target_feature]` twin defined here, so its loops
-/// are vectorised with 256-bit instructions (a closure would not reliably be inlined into it).
-/// Arguments are local variables, given with their types.
+/// Calls `$kernel(args…)`, an `#[inline(always)]` function, compiled for the widest vector
+/// instructions the CPU has (AVX-512, else AVX2 and FMA): the kernel is inlined into a
+/// `#[target_feature]` twin defined here, so its loops are vectorised with 512- or 256-bit
+/// instructions (a closure would not reliably be inlined into it). Arguments are local
+/// variables, given with their types.
 macro_rules! call_vectorised {
     ($kernel:path => $ret:ty; $($arg:ident: $ty:ty),* $(,)?) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        unsafe fn avx512($($arg: $ty),*) -> $ret {
+            $kernel($($arg),*)
+        }
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2($($arg: $ty),*) -> $ret {
             $kernel($($arg),*)
         }
         #[cfg(target_arch = "x86_64")]
-        let result = if $crate::cpu_math::has_avx2_fma() {
-            // SAFETY: the CPU has the features `avx2` is compiled for.
-            unsafe { avx2($($arg),*) }
-        } else {
-            $kernel($($arg),*)
+        let result = match $crate::cpu_math::vector_level() {
+            // SAFETY: the CPU has the features each twin is compiled for.
+            $crate::cpu_math::VectorLevel::Avx512 => unsafe { avx512($($arg),*) },
+            $crate::cpu_math::VectorLevel::Avx2 => unsafe { avx2($($arg),*) },
+            $crate::cpu_math::VectorLevel::Baseline => $kernel($($arg),*),
         };
         #[cfg(not(target_arch = "x86_64"))]
         let result = $kernel($($arg),*);
@@ -46,13 +52,31 @@ pub(crate) fn cpu_f32_data<'a>(
     ))
 }
 
-/// Whether this CPU runs AVX2 and FMA code (checked once; kernels then call their
-/// `#[target_feature(enable = "avx2,fma")]` variant).
+/// The widest vector instructions the hand-written kernels use on this CPU.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn has_avx2_fma() -> bool {
-    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VectorLevel {
+    /// AVX-512 (F and VL) with AVX2 and FMA.
+    Avx512,
+    /// AVX2 and FMA.
+    Avx2,
+    /// The x86-64 baseline (SSE2).
+    Baseline,
+}
+
+/// This CPU's [`VectorLevel`], detected once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn vector_level() -> VectorLevel {
+    static DETECTED: std::sync::OnceLock<VectorLevel> = std::sync::OnceLock::new();
     *DETECTED.get_or_init(|| {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        let avx512 =
+            std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl");
+        match (avx2, avx512) {
+            (true, true) => VectorLevel::Avx512,
+            (true, false) => VectorLevel::Avx2,
+            _ => VectorLevel::Baseline,
+        }
     })
 }
 
