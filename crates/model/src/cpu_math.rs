@@ -1,5 +1,5 @@
-//! Building blocks of the hand-written CPU kernels (attention, normalisation): reductions written
-//! as eight interleaved partial results and an exponential made of arithmetic only, forms that the
+//! Building blocks of the hand-written CPU kernels (attention, normalisation): a sum written as
+//! eight interleaved partial sums and an exponential made of arithmetic only, forms that the
 //! compiler vectorises once they are inlined into a function compiled for AVX2 or AVX-512 (see
 //! [`vector_level`]). Rust does not reorder floating-point sums by itself, so a plain `.sum()`
 //! stays one scalar chain — and the same kernel gives the same bits whichever twin runs.
@@ -80,36 +80,6 @@ pub(crate) fn vector_level() -> VectorLevel {
     })
 }
 
-/// `[rows, cols]` → `[cols, rows]`.
-#[inline(always)]
-pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; rows * cols];
-    for (r, row) in x.chunks_exact(cols).enumerate() {
-        for (c, &value) in row.iter().enumerate() {
-            out[c * rows + r] = value;
-        }
-    }
-    out
-}
-
-/// The largest entry, in eight interleaved partial maxima.
-#[inline(always)]
-pub(crate) fn lane_max(x: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let chunks = x.chunks_exact(8);
-    let tail = chunks
-        .remainder()
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    for chunk in chunks {
-        for (lane, &value) in lanes.iter_mut().zip(chunk) {
-            *lane = if value > *lane { value } else { *lane };
-        }
-    }
-    lanes.iter().copied().fold(tail, f32::max)
-}
-
 /// Σ x in eight interleaved partial sums (a form the compiler vectorises).
 #[inline(always)]
 pub(crate) fn lane_sum(x: &[f32]) -> f32 {
@@ -119,25 +89,6 @@ pub(crate) fn lane_sum(x: &[f32]) -> f32 {
     for chunk in chunks {
         for (lane, &value) in lanes.iter_mut().zip(chunk) {
             *lane += value;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// Σ a·b in eight interleaved partial sums.
-#[inline(always)]
-pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (a, b) in a_chunks.zip(b_chunks) {
-        for ((lane, &x), &y) in lanes.iter_mut().zip(a).zip(b) {
-            *lane += x * y;
         }
     }
     lanes.iter().sum::<f32>() + tail
@@ -193,18 +144,8 @@ mod tests {
     }
 
     #[test]
-    fn lane_reductions_agree_with_plain_ones() {
+    fn lane_sum_agrees_with_a_plain_sum() {
         let x: Vec<f32> = (0..77).map(|i| ((i * 37) % 19) as f32 - 9.0).collect();
-        let y: Vec<f32> = (0..77).map(|i| (i % 5) as f32 * 0.5).collect();
         assert_eq!(lane_sum(&x), x.iter().sum::<f32>());
-        assert_eq!(
-            lane_dot(&x, &y),
-            x.iter().zip(&y).map(|(a, b)| a * b).sum::<f32>()
-        );
-        assert_eq!(lane_max(&x), 9.0);
-        assert_eq!(
-            transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3),
-            vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
-        );
     }
 }

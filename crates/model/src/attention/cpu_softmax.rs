@@ -1,20 +1,20 @@
-//! softmax(q·kᵀ·scale)·v on the CPU in one pass per query row, with each row's entropy when asked.
+//! softmax(q·kᵀ·scale)·v on the CPU in one pass per block of queries, with each row's entropy when
+//! asked.
 //!
 //! The maps of the default model are tiny (16×16 temporal, 64×64 spatial, 64×77 cross-attention)
 //! and there are thousands per call: candle evaluates them as a batched product, a softmax and a
 //! second product, each allocating its result and spending more time in dispatch and copies than
 //! in arithmetic. Here every map row is computed where it is used: its logits, their exponentials
 //! (a polynomial that the compiler vectorises, instead of one libm call per entry), the weighted
-//! sum of the values and, when statistics are recorded, the row's entropy. Maps are independent,
+//! sum of the values and, when statistics are recorded, the row's entropy — sixteen rows at a time,
+//! one per vector lane. Maps are independent,
 //! so the result does not depend on how rayon splits them, and the output is the same whether or
 //! not the entropy is measured.
 
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu_math::{
-    call_vectorised, cpu_f32_data, exp_non_positive, lane_dot, lane_max, lane_sum, transpose,
-};
+use crate::cpu_math::{call_vectorised, cpu_f32_data, exp_non_positive};
 
 /// The output `[R, Nq, dv]` and, when `measure`, each map's summed query-row entropy `[R]` (f64),
 /// or `None` when the inputs are not f32 tensors on the CPU (the caller then uses candle's ops).
@@ -93,9 +93,16 @@ struct MapShape {
     value_depth: usize,
 }
 
+/// Queries evaluated together, one per vector lane (16 f32: one AVX-512 register, two AVX2 ones).
+const QUERY_BLOCK: usize = 16;
+
 /// One map: writes `out` `[Nq, dv]`, returns the summed entropy of its rows (0 unless `measure`).
-/// Each inner loop runs along a contiguous axis without a floating-point reduction (or with one
-/// split into lanes), which the compiler vectorises.
+///
+/// The queries go through in blocks of [`QUERY_BLOCK`], a block's queries side by side in the
+/// lanes of every intermediate: its logits are `[Nk][lanes]`, so the softmax's maximum and sum
+/// over the keys and the weighted sum of the values are element-wise operations across key rows —
+/// no horizontal reductions and no dependency chain along a row, which kept the one-row-at-a-time
+/// form waiting on its adder. Lanes past the last query compute on zero queries and are dropped.
 #[inline(always)]
 fn attend_map(
     shape: MapShape,
@@ -106,39 +113,72 @@ fn attend_map(
     measure: bool,
     out: &mut [f32],
 ) -> f64 {
+    type Lanes = [f32; QUERY_BLOCK];
     let MapShape {
         keys,
         depth,
         value_depth,
     } = shape;
-    // kᵀ `[d, Nk]` and vᵀ `[dv, Nk]`: a row's logits are d multiply-adds along the keys, and
-    // each output entry is one dot product along them.
-    let keys_t = transpose(k, keys, depth);
-    let values_t = transpose(v, keys, value_depth);
-    let mut logits = vec![0f32; keys];
-    let mut weights = vec![0f32; keys];
+    let queries = q.len() / depth;
+    let mut logits: Vec<Lanes> = vec![[0.0; QUERY_BLOCK]; keys];
+    let mut scaled_queries: Vec<Lanes> = vec![[0.0; QUERY_BLOCK]; depth];
+    let mut weighted_values: Vec<Lanes> = vec![[0.0; QUERY_BLOCK]; value_depth];
     let mut entropy_sum = 0f64;
-    for (query, out_row) in q.chunks_exact(depth).zip(out.chunks_exact_mut(value_depth)) {
-        logits.fill(0.0);
-        for (c, &x) in query.iter().enumerate() {
-            let x = x * logit_scale;
-            for (logit, &key) in logits.iter_mut().zip(&keys_t[c * keys..(c + 1) * keys]) {
-                *logit += x * key;
+    for first in (0..queries).step_by(QUERY_BLOCK) {
+        let block = QUERY_BLOCK.min(queries - first);
+        // The block's queries transposed to `[d][lanes]` and scaled.
+        for (c, lanes) in scaled_queries.iter_mut().enumerate() {
+            lanes.fill(0.0);
+            for (lane, value) in lanes.iter_mut().take(block).enumerate() {
+                *value = q[(first + lane) * depth + c] * logit_scale;
             }
         }
-        let max = lane_max(&logits);
-        for (weight, &logit) in weights.iter_mut().zip(&logits) {
-            *weight = exp_non_positive(logit - max);
+        for (key, logit) in k.chunks_exact(depth).zip(logits.iter_mut()) {
+            let mut sum = [0f32; QUERY_BLOCK];
+            for (&key_c, query_c) in key.iter().zip(&scaled_queries) {
+                for (s, &x) in sum.iter_mut().zip(query_c) {
+                    *s += x * key_c;
+                }
+            }
+            *logit = sum;
         }
-        let total = lane_sum(&weights);
-        let inverse = 1.0 / total;
-        for (o, values) in out_row.iter_mut().zip(values_t.chunks_exact(keys)) {
-            *o = lane_dot(&weights, values) * inverse;
+        let mut max = [f32::NEG_INFINITY; QUERY_BLOCK];
+        for logit in &logits {
+            for (m, &s) in max.iter_mut().zip(logit) {
+                *m = if s > *m { s } else { *m };
+            }
         }
-        if measure {
-            // H = logsumexp(s) − Σ p·s, with logsumexp = max + ln Σ exp(s − max).
-            let expected_logit = lane_dot(&weights, &logits) * inverse;
-            entropy_sum += f64::from(max) + f64::from(total).ln() - f64::from(expected_logit);
+        let mut total = [0f32; QUERY_BLOCK];
+        let mut expected_logit = [0f32; QUERY_BLOCK];
+        weighted_values.iter_mut().for_each(|lanes| lanes.fill(0.0));
+        for (logit, value) in logits.iter().zip(v.chunks_exact(value_depth)) {
+            let mut weight = [0f32; QUERY_BLOCK];
+            for (((w, t), &s), &m) in weight.iter_mut().zip(&mut total).zip(logit).zip(&max) {
+                *w = exp_non_positive(s - m);
+                *t += *w;
+            }
+            if measure {
+                for ((e, &w), &s) in expected_logit.iter_mut().zip(&weight).zip(logit) {
+                    *e += w * s;
+                }
+            }
+            for (&value_c, sum) in value.iter().zip(weighted_values.iter_mut()) {
+                for (o, &w) in sum.iter_mut().zip(&weight) {
+                    *o += w * value_c;
+                }
+            }
+        }
+        for lane in 0..block {
+            let inverse = 1.0 / total[lane];
+            let row = &mut out[(first + lane) * value_depth..][..value_depth];
+            for (o, sum) in row.iter_mut().zip(&weighted_values) {
+                *o = sum[lane] * inverse;
+            }
+            if measure {
+                // H = logsumexp(s) − Σ p·s, with logsumexp = max + ln Σ exp(s − max).
+                entropy_sum += f64::from(max[lane]) + f64::from(total[lane]).ln()
+                    - f64::from(expected_logit[lane] * inverse);
+            }
         }
     }
     entropy_sum
@@ -165,12 +205,14 @@ mod tests {
     #[test]
     fn agrees_with_candle_on_maps_of_every_site_shape() -> Result<()> {
         let device = Device::Cpu;
-        // (maps, queries, keys, depth, value depth): temporal, spatial, cross-attention, odd sizes.
+        // (maps, queries, keys, depth, value depth): temporal, spatial, cross-attention, odd sizes
+        // (fewer queries than a block, and a last block only partly filled).
         for (rows, queries, keys, depth, value_depth) in [
             (6, 16, 16, 4, 4),
             (3, 64, 64, 16, 16),
             (2, 64, 77, 8, 8),
             (2, 5, 11, 3, 7),
+            (2, 37, 9, 2, 3),
         ] {
             let q = (Tensor::randn(0f32, 1.0, (rows, queries, depth), &device)? * 3.0)?;
             let k = Tensor::randn(0f32, 1.0, (rows, keys, depth), &device)?;
