@@ -7,6 +7,7 @@ use candle_nn::{Linear, VarBuilder};
 use crate::attention::{default_attention, AttentionCall, ForwardCtx, SiteInfo, SiteKind};
 
 use super::geglu::geglu;
+use super::heads::{merge_heads, split_heads};
 use super::per_item::per_item;
 use crate::norm::LayerNorm;
 
@@ -152,32 +153,14 @@ impl Attention {
         per_item(&self.merge_heads(&out)?, batch, |x| self.to_out.forward(x))
     }
 
-    /// `[N, S, parts·heads·d]` (the outputs of `parts` stacked projections) → `[parts,
-    /// N·groups·heads, S, d]`, each part in diffusers' `head_to_batch_dim` order, with every row
-    /// of the input repeated for `groups` consecutive groups (diffusers' `repeat_interleave` of the
-    /// text states per frame), all in one copy.
+    /// [`split_heads`] with this module's head count.
     fn split_heads(&self, x: &Tensor, parts: usize, groups: usize) -> Result<Tensor> {
-        let (n, s, width) = x.dims3()?;
-        let d = width / (parts * self.heads);
-        let x = x.reshape((n, 1, s, parts, self.heads, d))?;
-        let x = if groups == 1 {
-            x
-        } else {
-            x.broadcast_as((n, groups, s, parts, self.heads, d))?
-        };
-        x.permute((3, 0, 1, 4, 2, 5))?
-            .contiguous()?
-            .reshape((parts, n * groups * self.heads, s, d))
+        split_heads(x, self.heads, parts, groups)
     }
 
-    /// `[N*heads, S, d]` → `[N, S, heads*d]`.
+    /// [`merge_heads`] with this module's head count.
     fn merge_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (nh, s, d) = x.dims3()?;
-        let n = nh / self.heads;
-        x.reshape((n, self.heads, s, d))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((n, s, self.heads * d))
+        merge_heads(x, self.heads)
     }
 }
 

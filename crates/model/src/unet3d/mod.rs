@@ -6,6 +6,7 @@ mod blocks;
 pub mod config;
 mod embeddings;
 mod geglu;
+mod heads;
 mod model;
 mod per_item;
 mod resnet;
