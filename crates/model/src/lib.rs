@@ -12,6 +12,7 @@ mod cpu_math;
 pub mod debug;
 pub mod device;
 pub mod error;
+mod layout;
 pub mod model_info;
 pub mod noise;
 pub mod norm;

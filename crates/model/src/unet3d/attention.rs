@@ -7,8 +7,8 @@ use candle_nn::{Linear, VarBuilder};
 use crate::attention::{default_attention, AttentionCall, ForwardCtx, SiteInfo, SiteKind};
 
 use super::geglu::geglu;
-use super::heads::{merge_heads, split_heads};
 use super::per_item::per_item;
+use crate::layout::permute_contiguous;
 use crate::norm::LayerNorm;
 
 /// The sites of a model in the order they are built, which is the order they run.
@@ -153,14 +153,34 @@ impl Attention {
         per_item(&self.merge_heads(&out)?, batch, |x| self.to_out.forward(x))
     }
 
-    /// [`split_heads`] with this module's head count.
+    /// `[N, S, parts·heads·d]` (the outputs of `parts` stacked projections) → `[parts,
+    /// N·groups·heads, S, d]`, each part in diffusers' `head_to_batch_dim` order, with every row
+    /// of the input repeated for `groups` consecutive groups (diffusers' `repeat_interleave` of the
+    /// text states per frame).
     fn split_heads(&self, x: &Tensor, parts: usize, groups: usize) -> Result<Tensor> {
-        split_heads(x, self.heads, parts, groups)
+        let (n, s, width) = x.dims3()?;
+        let d = width / (parts * self.heads);
+        let maps = permute_contiguous(&x.reshape((n, s, parts, self.heads, d))?, &[2, 0, 3, 1, 4])?;
+        let maps = if groups == 1 {
+            maps
+        } else {
+            // Whole runs of `heads·S·d` values repeated: a plain block copy.
+            maps.reshape((parts, n, 1, self.heads, s, d))?
+                .broadcast_as((parts, n, groups, self.heads, s, d))?
+                .contiguous()?
+        };
+        maps.reshape((parts, n * groups * self.heads, s, d))
     }
 
-    /// [`merge_heads`] with this module's head count.
+    /// `[N*heads, S, d]` → `[N, S, heads*d]`.
     fn merge_heads(&self, x: &Tensor) -> Result<Tensor> {
-        merge_heads(x, self.heads)
+        let (nh, s, d) = x.dims3()?;
+        let n = nh / self.heads;
+        permute_contiguous(&x.reshape((n, self.heads, s, d))?, &[0, 2, 1, 3])?.reshape((
+            n,
+            s,
+            self.heads * d,
+        ))
     }
 }
 

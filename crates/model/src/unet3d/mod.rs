@@ -6,7 +6,6 @@ mod blocks;
 pub mod config;
 mod embeddings;
 mod geglu;
-mod heads;
 mod model;
 mod per_item;
 mod resnet;

@@ -4,6 +4,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+use crate::layout::permute_contiguous;
 use crate::norm::GroupNorm;
 
 use crate::attention::{ForwardCtx, SiteKind};
@@ -68,15 +69,12 @@ impl Transformer2D {
     ) -> Result<Tensor> {
         let (frames, channels, height, width) = x.dims4()?;
         let h = self.norm.forward(x)?;
-        let h = h
-            .permute((0, 2, 3, 1))?
-            .reshape((frames, height * width, channels))?;
+        // [F, C, HW] → [F, HW, C]: one token per pixel.
+        let h = permute_contiguous(&h.reshape((frames, channels, height * width))?, &[0, 2, 1])?;
         let h = per_item(&h, video.batch, |h| self.proj_in.forward(h))?;
         let h = self.block.forward(&h, Some(text), video.batch, ctx)?;
         let h = per_item(&h, video.batch, |h| self.proj_out.forward(h))?;
-        let h = h
-            .reshape((frames, height, width, channels))?
-            .permute((0, 3, 1, 2))?;
+        let h = permute_contiguous(&h, &[0, 2, 1])?.reshape((frames, channels, height, width))?;
         h + x
     }
 }
@@ -119,17 +117,22 @@ impl TransformerTemporal {
         // The group norm's statistics span all frames of a batch item.
         let h = self.norm.forward(&video.to_channels_first(x)?)?;
         // [B, C, F, HW] → [B*HW, F, C]: one sequence of frames per pixel.
-        let h = h
-            .permute((0, 3, 2, 1))?
-            .reshape((video.batch * pixels, video.frames, channels))?;
+        let h = permute_contiguous(&h, &[0, 3, 2, 1])?.reshape((
+            video.batch * pixels,
+            video.frames,
+            channels,
+        ))?;
         let h = per_item(&h, video.batch, |h| self.proj_in.forward(h))?;
         let h = self.block.forward(&h, None, video.batch, ctx)?;
         let h = per_item(&h, video.batch, |h| self.proj_out.forward(h))?;
         // [B*HW, F, C] → [B, F, C, HW] → [B*F, C, H, W]
-        let h = h
-            .reshape((video.batch, pixels, video.frames, channels))?
-            .permute((0, 2, 3, 1))?
-            .reshape((video.batch * video.frames, channels, height, width))?;
+        let h = h.reshape((video.batch, pixels, video.frames, channels))?;
+        let h = permute_contiguous(&h, &[0, 2, 3, 1])?.reshape((
+            video.batch * video.frames,
+            channels,
+            height,
+            width,
+        ))?;
         h + x
     }
 }

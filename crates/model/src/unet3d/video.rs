@@ -6,6 +6,8 @@
 
 use candle_core::{Result, Tensor};
 
+use crate::layout::permute_contiguous;
+
 /// Batch size and frame count of the activations `[B*F, C, H, W]` flowing through the UNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VideoShape {
@@ -18,15 +20,14 @@ impl VideoShape {
     /// convolutions and for group norms whose statistics span frames.
     pub fn to_channels_first(&self, x: &Tensor) -> Result<Tensor> {
         let (_, channels, height, width) = x.dims4()?;
-        x.reshape((self.batch, self.frames, channels, height * width))?
-            .transpose(1, 2)?
-            .contiguous()
+        let x = x.reshape((self.batch, self.frames, channels, height * width))?;
+        permute_contiguous(&x, &[0, 2, 1, 3])
     }
 
     /// Inverse of [`Self::to_channels_first`] for a `[B, C, F, H*W]` tensor.
     pub fn from_channels_first(&self, x: &Tensor, height: usize, width: usize) -> Result<Tensor> {
         let channels = x.dim(1)?;
-        x.transpose(1, 2)?.contiguous()?.reshape((
+        permute_contiguous(x, &[0, 2, 1, 3])?.reshape((
             self.batch * self.frames,
             channels,
             height,
