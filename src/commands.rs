@@ -208,7 +208,11 @@ fn generate(args: &GenerateArgs, provider: Arc<dyn BackendProvider>, default_mod
         }
         ControlFlow::Continue(())
     };
+    // The generation alone (the model is loaded; MP4 encoding follows), comparable with a library's
+    // pipeline call on a loaded model.
+    let generation_started = std::time::Instant::now();
     let output = backend.run(crate::worker::backend::JobInput { spec: &spec, edit_source: None }, &mut on_progress)?;
+    let generation_seconds = generation_started.elapsed().as_secs_f64();
     bar.finish_with_message("done");
     if output.frames.is_empty() {
         bail!("the model produced no frames");
@@ -220,7 +224,7 @@ fn generate(args: &GenerateArgs, provider: Arc<dyn BackendProvider>, default_mod
         let json = serde_json::to_vec_pretty(&crate::api::AttentionRecords { records: output.records })?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
     }
-    eprintln!("wrote {}", args.output.display());
+    eprintln!("generated in {generation_seconds:.3} s (model loaded), wrote {}", args.output.display());
     Ok(())
 }
 

@@ -29,6 +29,15 @@ fn generate_writes_an_mp4_and_statistics() {
     assert!((video.fps - 12.0).abs() < 1e-6);
     let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
     assert_eq!(stats["records"].as_array().unwrap().len(), 3 * 2);
+    // The generation's own time, which bench/cpu_generate_vs_diffusers.sh reads.
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    let seconds: f64 = stderr
+        .split("generated in ")
+        .nth(1)
+        .and_then(|rest| rest.split(" s").next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no generation time in {stderr}"));
+    assert!(seconds > 0.0, "{stderr}");
 }
 
 #[test]
