@@ -13,6 +13,7 @@ pub mod debug;
 pub mod device;
 pub mod error;
 mod layout;
+pub mod linear;
 pub mod model_info;
 pub mod noise;
 pub mod norm;

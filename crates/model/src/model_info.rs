@@ -291,7 +291,12 @@ mod tests {
         assert_eq!(info.guidance_rescale, 0.0);
 
         std::fs::write(&path, r#"{"guidance_rescale": 0.7}"#).unwrap();
-        assert_eq!(ModelInfo::load(dir.path(), &facts()).unwrap().guidance_rescale, 0.7);
+        assert_eq!(
+            ModelInfo::load(dir.path(), &facts())
+                .unwrap()
+                .guidance_rescale,
+            0.7
+        );
         std::fs::write(&path, r#"{"guidance_rescale": 1.5}"#).unwrap();
         assert!(ModelInfo::load(dir.path(), &facts()).is_err());
 

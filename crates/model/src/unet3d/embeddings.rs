@@ -2,7 +2,9 @@
 //! downscale_freq_shift=0)` followed by `TimestepEmbedding` (linear, act, linear).
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::linear::Linear;
 
 use super::config::Activation;
 
@@ -45,8 +47,8 @@ impl TimestepEmbedding {
         vb: VarBuilder,
     ) -> Result<Self> {
         Ok(Self {
-            linear_1: candle_nn::linear(features, embed_dim, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(embed_dim, embed_dim, vb.pp("linear_2"))?,
+            linear_1: crate::linear::linear(features, embed_dim, vb.pp("linear_1"))?,
+            linear_2: crate::linear::linear(embed_dim, embed_dim, vb.pp("linear_2"))?,
             activation,
             features,
         })

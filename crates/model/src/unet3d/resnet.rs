@@ -2,7 +2,9 @@
 //! Upsample2D (diffusers `models/resnet.py`, `downsampling.py`, `upsampling.py`).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+
+use crate::linear::Linear;
 
 use crate::norm::GroupNorm;
 
@@ -77,7 +79,7 @@ impl ResnetBlock2D {
                 vb.pp("norm1"),
             )?,
             conv1: SameConv3x3::new(in_channels, out_channels, vb.pp("conv1"))?,
-            time_emb_proj: candle_nn::linear(
+            time_emb_proj: crate::linear::linear(
                 settings.temb_channels,
                 out_channels,
                 vb.pp("time_emb_proj"),

@@ -2,7 +2,9 @@
 //! `TransformerTemporalModel`, each with one `BasicTransformerBlock`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::linear::Linear;
 
 use crate::layout::permute_contiguous;
 use crate::norm::GroupNorm;
@@ -42,7 +44,7 @@ impl Transformer2D {
         let inner = spec.heads * spec.head_dim;
         Ok(Self {
             norm: crate::norm::group_norm(spec.groups, spec.channels, 1e-6, vb.pp("norm"))?,
-            proj_in: candle_nn::linear(spec.channels, inner, vb.pp("proj_in"))?,
+            proj_in: crate::linear::linear(spec.channels, inner, vb.pp("proj_in"))?,
             block: BasicTransformerBlock::new(
                 BlockAttention {
                     dim: inner,
@@ -55,7 +57,7 @@ impl Transformer2D {
                 vb.pp("transformer_blocks.0"),
                 sites,
             )?,
-            proj_out: candle_nn::linear(inner, spec.channels, vb.pp("proj_out"))?,
+            proj_out: crate::linear::linear(inner, spec.channels, vb.pp("proj_out"))?,
         })
     }
 
@@ -93,7 +95,7 @@ impl TransformerTemporal {
         let inner = spec.heads * spec.head_dim;
         Ok(Self {
             norm: crate::norm::group_norm(spec.groups, spec.channels, 1e-6, vb.pp("norm"))?,
-            proj_in: candle_nn::linear(spec.channels, inner, vb.pp("proj_in"))?,
+            proj_in: crate::linear::linear(spec.channels, inner, vb.pp("proj_in"))?,
             block: BasicTransformerBlock::new(
                 BlockAttention {
                     dim: inner,
@@ -106,7 +108,7 @@ impl TransformerTemporal {
                 vb.pp("transformer_blocks.0"),
                 sites,
             )?,
-            proj_out: candle_nn::linear(inner, spec.channels, vb.pp("proj_out"))?,
+            proj_out: crate::linear::linear(inner, spec.channels, vb.pp("proj_out"))?,
         })
     }
 
