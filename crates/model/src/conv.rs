@@ -376,16 +376,19 @@ mod tests {
             .reshape((6, 4, 3, 1))
             .unwrap();
         let bias = vb.get(6, "bias").unwrap();
-        let x = Tensor::randn(0f32, 1.0, (2, 4, 5, 7), &Device::Cpu).unwrap();
-        let expected = x
-            .pad_with_zeros(2, 1, 1)
-            .unwrap()
-            .conv2d(&kernel, 0, 1, 1, 1)
-            .unwrap()
-            .broadcast_add(&bias.reshape((1, (), 1, 1)).unwrap())
-            .unwrap();
-        let got = conv.forward(&x).unwrap();
-        assert_eq!(got.dims(), expected.dims());
-        assert!(max_abs_diff(&got, &expected) < 1e-4);
+        // Two items of five frames, and a single frame (only the middle tap sees a frame).
+        for shape in [(2, 4, 5, 7), (1, 4, 1, 3)] {
+            let x = Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap();
+            let expected = x
+                .pad_with_zeros(2, 1, 1)
+                .unwrap()
+                .conv2d(&kernel, 0, 1, 1, 1)
+                .unwrap()
+                .broadcast_add(&bias.reshape((1, (), 1, 1)).unwrap())
+                .unwrap();
+            let got = conv.forward(&x).unwrap();
+            assert_eq!(got.dims(), expected.dims());
+            assert!(max_abs_diff(&got, &expected) < 1e-4, "{shape:?}");
+        }
     }
 }

@@ -37,6 +37,17 @@ macro_rules! call_vectorised {
 }
 pub(crate) use call_vectorised;
 
+/// How a `gemm` call may use threads: none of its own when called from inside a rayon task (a
+/// guidance branch run beside the other, `pipeline/sampling.rs`, or a band of a convolution),
+/// whose caller has already given the pool's threads out — a product spread over them would only
+/// wait for a thread busy elsewhere; otherwise the pool's. Threads do not change the result.
+pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
+    match rayon::current_thread_index() {
+        Some(_) => gemm::Parallelism::None,
+        None => gemm::Parallelism::Rayon(rayon::current_num_threads()),
+    }
+}
+
 /// The f32 data of a contiguous tensor on the CPU, read through its storage guard
 /// (`Tensor::storage_and_layout`); `None` for data on another device.
 pub(crate) fn cpu_f32_data<'a>(

@@ -2,14 +2,13 @@
 //!
 //! On the CPU in f32 one `gemm` call writes the product onto the bias: candle's `Linear` makes the
 //! product, then a second pass and buffer for the bias. And a product called from inside a rayon
-//! task (a guidance branch run beside the other one, `pipeline/sampling.rs`) stays on its thread:
-//! the pool's threads are already taken by the caller's split, and a product spread over them
-//! only waits for a thread busy with the other branch. Other devices and dtypes use candle's layer.
+//! task (a guidance branch run beside the other one) stays on its thread
+//! (`cpu_math::gemm_parallelism`). Other devices and dtypes use candle's layer.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::cpu_math::cpu_f32_data;
+use crate::cpu_math::{cpu_f32_data, gemm_parallelism};
 
 /// A linear layer: `weight` `[out, in]`, optional `bias` `[out]`.
 #[derive(Debug, Clone)]
@@ -88,10 +87,7 @@ fn cpu_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Opti
                 row.copy_from_slice(bias);
             }
         }
-        let parallelism = match rayon::current_thread_index() {
-            Some(_) => gemm::Parallelism::None,
-            None => gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        };
+        let parallelism = gemm_parallelism();
         if rows > 0 && out_features > 0 && in_features > 0 {
             // SAFETY: `out` is `rows` × `out_features` (row stride `out_features`), `input` is
             // `rows` × `in_features` (row stride `in_features`), and the right-hand side Wᵀ
