@@ -37,14 +37,17 @@ macro_rules! call_vectorised {
 }
 pub(crate) use call_vectorised;
 
-/// How a `gemm` call may use threads: none of its own when called from inside a rayon task (a
-/// guidance branch run beside the other, `pipeline/sampling.rs`, or a band of a convolution),
-/// whose caller has already given the pool's threads out — a product spread over them would only
-/// wait for a thread busy elsewhere; otherwise the pool's. Threads do not change the result.
+/// How a `gemm` call may use threads. Called from inside a rayon task while the pool has no more
+/// threads than the tasks run side by side (the two guidance branches, `pipeline/sampling.rs`, on
+/// a 2-core machine), it gets none of its own: every thread is busy with a branch, and a product
+/// spread over them only waits for the other one. Otherwise, the pool's threads. Threads do not
+/// change the result.
 pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
+    const BRANCHES_SIDE_BY_SIDE: usize = 2;
+    let threads = rayon::current_num_threads();
     match rayon::current_thread_index() {
-        Some(_) => gemm::Parallelism::None,
-        None => gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        Some(_) if threads <= BRANCHES_SIDE_BY_SIDE => gemm::Parallelism::None,
+        _ => gemm::Parallelism::Rayon(threads),
     }
 }
 
