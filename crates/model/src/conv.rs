@@ -14,7 +14,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use crate::cpu_math::cpu_f32_data;
+use crate::cpu_math::{cpu_f32_data, SharedOutput};
 
 /// `Σ_k packed[:, k·C..(k+1)·C] · shifted[k]` for every batch item, plus the bias.
 /// `shifted`: K tensors `[B, C, S]`; `packed`: `[O, K·C]`; returns `[B, O, S]`. The batch is folded
@@ -36,13 +36,22 @@ fn shifted_product(shifted: &[Tensor], packed: &Tensor, bias: Option<&Tensor>) -
         .contiguous()
 }
 
+/// Input channels from which the CPU computes a 3×3 convolution by Winograd's F(2×2, 3×3) rather
+/// than as one direct product: with fewer, the transforms cost more than the products they save
+/// (one core, 16 frames: 16 channels at 64×64 5.3 ms direct against 6.7 ms; 32 at 32×32 5.3
+/// against 4.6 ms; 64 at 16×16 5.4 against 3.7 ms; BENCHMARKS.md).
+const WINOGRAD_MIN_CHANNELS: usize = 32;
+
 /// A 3×3 convolution with stride 1 and padding 1 (diffusers' `Conv2d(c_in, c_out, 3, padding=1)`).
 /// The form is chosen once, for the device the weights load on.
 #[derive(Debug)]
 pub enum SameConv3x3 {
-    /// The weights as `[c_out, 9·c_in]`, kernel position major (kh, kw), input channel minor.
+    /// The weights as `[c_out, 9·c_in]`, kernel position major (kh, kw), input channel minor,
+    /// and for f32 weights of at least [`WINOGRAD_MIN_CHANNELS`] input channels their Winograd
+    /// transform (`winograd.rs`), which the CPU then uses.
     Packed {
         packed: Tensor,
+        winograd: Option<Tensor>,
         bias: Option<Tensor>,
     },
     /// candle's convolution, off the CPU.
@@ -65,8 +74,12 @@ impl SameConv3x3 {
             .permute((0, 2, 3, 1))?
             .reshape((out_channels, 9 * in_channels))?
             .contiguous()?;
+        let winograd = (packed.dtype() == DType::F32 && in_channels >= WINOGRAD_MIN_CHANNELS)
+            .then(|| crate::winograd::transform_weights(&packed))
+            .transpose()?;
         Ok(Self::Packed {
             packed,
+            winograd,
             bias: conv.bias().cloned(),
         })
     }
@@ -75,10 +88,19 @@ impl SameConv3x3 {
 impl Module for SameConv3x3 {
     /// `x` `[N, C, H, W]` → `[N, c_out, H, W]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (packed, bias) = match self {
+        let (packed, winograd, bias) = match self {
             Self::Candle(conv) => return conv.forward(x),
-            Self::Packed { packed, bias } => (packed, bias),
+            Self::Packed {
+                packed,
+                winograd,
+                bias,
+            } => (packed, winograd, bias),
         };
+        if let Some(transformed) = winograd {
+            if let Some(out) = crate::winograd::conv3x3(x, transformed, bias.as_ref())? {
+                return Ok(out);
+            }
+        }
         if let Some(out) = same_conv3x3_row_tiled(x, packed, bias.as_ref())? {
             return Ok(out);
         }
@@ -201,19 +223,6 @@ fn same_conv3x3_row_tiled(
         (n, out_channels, h, w),
         x.device(),
     )?))
-}
-
-/// The output buffer of [`same_conv3x3_row_tiled`], written by every task at its own rows.
-#[derive(Clone, Copy)]
-struct SharedOutput(*mut f32);
-// SAFETY: tasks write disjoint parts of the buffer (see the call site).
-unsafe impl Send for SharedOutput {}
-unsafe impl Sync for SharedOutput {}
-
-impl SharedOutput {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// The im2col rows of output rows `first_row..first_row + rows` of one image `input` `[C, H, W]`:

@@ -51,6 +51,21 @@ pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
     }
 }
 
+/// An output buffer that the tasks of a parallel loop write at once, each at its own, disjoint
+/// part (the convolutions' bands); whoever writes through it upholds that.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOutput(pub(crate) *mut f32);
+// SAFETY: tasks write disjoint parts of the buffer (each user's call site says which).
+unsafe impl Send for SharedOutput {}
+unsafe impl Sync for SharedOutput {}
+
+impl SharedOutput {
+    /// Through a method, so that closures capture the whole (`Sync`) wrapper, not its field.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// The f32 data of a contiguous tensor on the CPU, read through its storage guard
 /// (`Tensor::storage_and_layout`); `None` for data on another device.
 pub(crate) fn cpu_f32_data<'a>(

@@ -25,4 +25,5 @@ pub mod tokenizer;
 pub mod unet3d;
 pub mod vae;
 mod vae_blocks;
+mod winograd;
 pub mod weights;
