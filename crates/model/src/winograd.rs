@@ -70,6 +70,10 @@ pub(crate) fn conv3x3(
     }
     let x = x.contiguous()?;
     let (n, c, h, w) = x.dims4()?;
+    if n * h * w == 0 {
+        // Nothing to tile; the direct form handles empty images.
+        return Ok(None);
+    }
     let (_, out_channels, in_channels) = transformed.dims3()?;
     if in_channels != c {
         candle_core::bail!("Winograd weights for {in_channels} input channels, input has {c}");
