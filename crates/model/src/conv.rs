@@ -147,10 +147,7 @@ fn same_conv3x3_row_tiled(
     let x = x.contiguous()?;
     let (n, c, h, w) = x.dims4()?;
     let (out_channels, depth) = packed.dims2()?;
-    let bias = match bias {
-        Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-        None => vec![0.0; out_channels],
-    };
+    let bias = bias_values(bias, out_channels)?;
     let (x_storage, x_layout) = x.storage_and_layout();
     let (w_storage, w_layout) = packed.storage_and_layout();
     let (Some(input), Some(weights)) = (
@@ -223,6 +220,14 @@ fn same_conv3x3_row_tiled(
         (n, out_channels, h, w),
         x.device(),
     )?))
+}
+
+/// A convolution's bias as f32 values, zeros without one: what its output starts from.
+pub(crate) fn bias_values(bias: Option<&Tensor>, out_channels: usize) -> Result<Vec<f32>> {
+    match bias {
+        Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>(),
+        None => Ok(vec![0.0; out_channels]),
+    }
 }
 
 /// The im2col rows of output rows `first_row..first_row + rows` of one image `input` `[C, H, W]`:

@@ -78,10 +78,7 @@ pub(crate) fn conv3x3(
     if in_channels != c {
         candle_core::bail!("Winograd weights for {in_channels} input channels, input has {c}");
     }
-    let bias = match bias {
-        Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-        None => vec![0.0; out_channels],
-    };
+    let bias = crate::conv::bias_values(bias, out_channels)?;
     let (x_storage, x_layout) = x.storage_and_layout();
     let (u_storage, u_layout) = transformed.storage_and_layout();
     let (Some(input), Some(weights)) = (

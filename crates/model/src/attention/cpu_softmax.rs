@@ -6,10 +6,9 @@
 //! second product, each allocating its result and spending more time in dispatch and copies than
 //! in arithmetic. Here every map row is computed where it is used: its logits, their exponentials
 //! (a polynomial that the compiler vectorises, instead of one libm call per entry), the weighted
-//! sum of the values and, when statistics are recorded, the row's entropy — sixteen rows at a time,
-//! one per vector lane. Maps are independent,
-//! so the result does not depend on how rayon splits them, and the output is the same whether or
-//! not the entropy is measured.
+//! sum of the values and, when statistics are recorded, the row's entropy — sixteen rows at a
+//! time, one per vector lane. Maps are independent, so the result does not depend on how rayon
+//! splits them, and the output is the same whether or not the entropy is measured.
 
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;

@@ -4,9 +4,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::linear::Linear;
-
 use crate::attention::{default_attention, AttentionCall, ForwardCtx, SiteInfo, SiteKind};
+use crate::linear::{linear, linear_no_bias, Linear};
 
 use super::geglu::geglu;
 use super::per_item::per_item;
@@ -78,7 +77,7 @@ impl Attention {
         let inner = spec.heads * spec.head_dim;
         let projections = match spec.kind {
             SiteKind::Cross => Projections::Cross {
-                q: crate::linear::linear_no_bias(spec.query_dim, inner, vb.pp("to_q"))?,
+                q: linear_no_bias(spec.query_dim, inner, vb.pp("to_q"))?,
                 kv: stacked_weights(&["to_k", "to_v"], inner, spec.context_dim, &vb)?,
             },
             SiteKind::Spatial | SiteKind::Temporal => Projections::SelfAttention {
@@ -87,7 +86,7 @@ impl Attention {
         };
         Ok(Self {
             projections,
-            to_out: crate::linear::linear(inner, spec.query_dim, vb.pp("to_out").pp("0"))?,
+            to_out: linear(inner, spec.query_dim, vb.pp("to_out").pp("0"))?,
             heads: spec.heads,
             scale: 1.0 / (spec.head_dim as f64).sqrt(),
             site: sites.register(&vb, spec.kind, spec.stage),
@@ -197,8 +196,8 @@ impl FeedForward {
     pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
         let inner = 4 * dim;
         Ok(Self {
-            proj_in: crate::linear::linear(dim, 2 * inner, vb.pp("net.0.proj"))?,
-            proj_out: crate::linear::linear(inner, dim, vb.pp("net.2"))?,
+            proj_in: linear(dim, 2 * inner, vb.pp("net.0.proj"))?,
+            proj_out: linear(inner, dim, vb.pp("net.2"))?,
         })
     }
 

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::linear::Linear;
+use crate::linear::{linear, Linear};
 
 use super::config::Activation;
 
@@ -47,8 +47,8 @@ impl TimestepEmbedding {
         vb: VarBuilder,
     ) -> Result<Self> {
         Ok(Self {
-            linear_1: crate::linear::linear(features, embed_dim, vb.pp("linear_1"))?,
-            linear_2: crate::linear::linear(embed_dim, embed_dim, vb.pp("linear_2"))?,
+            linear_1: linear(features, embed_dim, vb.pp("linear_1"))?,
+            linear_2: linear(embed_dim, embed_dim, vb.pp("linear_2"))?,
             activation,
             features,
         })

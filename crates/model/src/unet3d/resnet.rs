@@ -4,8 +4,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
-use crate::linear::Linear;
-
+use crate::linear::{linear, Linear};
 use crate::norm::GroupNorm;
 
 use crate::conv::{FrameConv3, SameConv3x3};
@@ -79,11 +78,7 @@ impl ResnetBlock2D {
                 vb.pp("norm1"),
             )?,
             conv1: SameConv3x3::new(in_channels, out_channels, vb.pp("conv1"))?,
-            time_emb_proj: crate::linear::linear(
-                settings.temb_channels,
-                out_channels,
-                vb.pp("time_emb_proj"),
-            )?,
+            time_emb_proj: linear(settings.temb_channels, out_channels, vb.pp("time_emb_proj"))?,
             norm2: crate::norm::group_norm(
                 settings.groups,
                 out_channels,

@@ -4,9 +4,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::linear::Linear;
-
 use crate::layout::permute_contiguous;
+use crate::linear::{linear, Linear};
 use crate::norm::GroupNorm;
 
 use crate::attention::{ForwardCtx, SiteKind};
@@ -44,7 +43,7 @@ impl Transformer2D {
         let inner = spec.heads * spec.head_dim;
         Ok(Self {
             norm: crate::norm::group_norm(spec.groups, spec.channels, 1e-6, vb.pp("norm"))?,
-            proj_in: crate::linear::linear(spec.channels, inner, vb.pp("proj_in"))?,
+            proj_in: linear(spec.channels, inner, vb.pp("proj_in"))?,
             block: BasicTransformerBlock::new(
                 BlockAttention {
                     dim: inner,
@@ -57,7 +56,7 @@ impl Transformer2D {
                 vb.pp("transformer_blocks.0"),
                 sites,
             )?,
-            proj_out: crate::linear::linear(inner, spec.channels, vb.pp("proj_out"))?,
+            proj_out: linear(inner, spec.channels, vb.pp("proj_out"))?,
         })
     }
 
@@ -95,7 +94,7 @@ impl TransformerTemporal {
         let inner = spec.heads * spec.head_dim;
         Ok(Self {
             norm: crate::norm::group_norm(spec.groups, spec.channels, 1e-6, vb.pp("norm"))?,
-            proj_in: crate::linear::linear(spec.channels, inner, vb.pp("proj_in"))?,
+            proj_in: linear(spec.channels, inner, vb.pp("proj_in"))?,
             block: BasicTransformerBlock::new(
                 BlockAttention {
                     dim: inner,
@@ -108,7 +107,7 @@ impl TransformerTemporal {
                 vb.pp("transformer_blocks.0"),
                 sites,
             )?,
-            proj_out: crate::linear::linear(inner, spec.channels, vb.pp("proj_out"))?,
+            proj_out: linear(inner, spec.channels, vb.pp("proj_out"))?,
         })
     }
 
