@@ -96,19 +96,25 @@ pub fn bench_unet(
 
     // Plain and observed passes alternate, so load from other processes hits both alike and the
     // ratio stays meaningful on a noisy machine.
-    let (mut plain, mut observed) = (Vec::new(), Vec::new());
-    for i in 0..opts.warmup + opts.iterations {
-        let plain_ms = run_once(false)?;
-        let observed_ms = if opts.observe {
-            Some(run_once(true)?)
-        } else {
-            None
-        };
-        if i >= opts.warmup {
-            plain.push(plain_ms);
-            observed.extend(observed_ms);
+    // The passes run on one of rayon's workers, as a generation's guidance branches do
+    // (`pipeline/sampling.rs`): called from outside the pool, each parallel loop inside a pass
+    // would hand its work to a worker and wait for it, a cost a real run does not pay.
+    let (plain, observed) = rayon::scope(|_| -> Result<(Vec<f64>, Vec<f64>)> {
+        let (mut plain, mut observed) = (Vec::new(), Vec::new());
+        for i in 0..opts.warmup + opts.iterations {
+            let plain_ms = run_once(false)?;
+            let observed_ms = if opts.observe {
+                Some(run_once(true)?)
+            } else {
+                None
+            };
+            if i >= opts.warmup {
+                plain.push(plain_ms);
+                observed.extend(observed_ms);
+            }
         }
-    }
+        Ok((plain, observed))
+    })?;
     let no_controller = summarise(plain);
     let observe = opts.observe.then(|| summarise(observed));
     Ok(UnetBenchReport {

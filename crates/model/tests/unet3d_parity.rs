@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use entrovid_model::attention::{
-    AttentionControl, AttentionPlan, BatchRole, EntropyRankSupport, ForwardCtx, PlanController,
-    RecordMode, SiteStepStats, StatsRecorder, StepInfo,
+    AttentionCall, AttentionControl, AttentionPlan, BatchRole, EntropyRankSupport, ForwardCtx,
+    PlanController, RecordMode, SiteStepStats, StatsRecorder, StepInfo,
 };
 use entrovid_model::debug::{run_debug_unet, DebugUnet};
 use entrovid_model::unet3d::UNet3DConditionModel;
@@ -124,6 +124,21 @@ fn forward(
         .unwrap()
 }
 
+/// A recorder that does not say it only observes, so the model consults it at every call and takes
+/// the general path (heads split into maps) instead of its fused CPU kernel.
+struct GeneralPathRecorder(StatsRecorder);
+
+impl AttentionControl for GeneralPathRecorder {
+    fn attend(
+        &mut self,
+        step: &StepInfo,
+        roles: &[BatchRole],
+        call: &AttentionCall,
+    ) -> candle_core::Result<Option<Tensor>> {
+        self.0.attend(step, roles, call)
+    }
+}
+
 /// The plain run (output, statistics, site order and stages, observation changing nothing) of the
 /// fixture folder `dir`.
 fn check_plain_run(dir: &Path) {
@@ -149,6 +164,34 @@ fn check_plain_run(dir: &Path) {
         bits(&observed),
         "{what}: observing changed the output"
     );
+
+    // The same observation through the general path (heads split into maps, `attend` asked)
+    // must give the fused CPU path's output bit for bit, and its statistics.
+    let mut general = GeneralPathRecorder(StatsRecorder::new(RecordMode::Summary));
+    let through_general_path = forward(&unet, &case, Some(&mut general));
+    assert_eq!(
+        bits(&plain),
+        bits(&through_general_path),
+        "{what}: the fused and the general attention paths differ"
+    );
+    let (fused_records, general_records) = (recorder.records(), general.0.records());
+    assert_eq!(fused_records.len(), general_records.len());
+    for (fused, general) in fused_records.iter().zip(general_records) {
+        assert_eq!((&fused.site, fused.step), (&general.site, general.step));
+        assert_eq!(
+            fused.entropy, general.entropy,
+            "{what}: entropy at {}",
+            fused.site
+        );
+        let energy_gap = (fused.energy - general.energy).abs();
+        assert!(
+            energy_gap <= 1e-9 * general.energy.abs().max(1.0),
+            "{what}: energy at {}: {} vs {}",
+            fused.site,
+            fused.energy,
+            general.energy
+        );
+    }
 
     let stats_path = dir.join("ref/unet_stats.json");
     let reference = read_json(&stats_path);

@@ -148,21 +148,23 @@ pub trait AttentionControl {
     ) -> Result<Option<Tensor>>;
 
     /// True when every call only observes (runs the default attention and records it): the
-    /// guidance branches of a step may then run as separate passes, each observed by a
-    /// [`crate::attention::stats::CallObserver`], and their calls are handed over afterwards,
-    /// pooled, through [`AttentionControl::observe_pooled`].
+    /// model may then run a call's default attention itself, without `attend`, and hand its
+    /// statistics over through [`AttentionControl::observe`]; and the guidance branches of a step
+    /// may run as separate passes, each observed by a [`crate::attention::stats::CallObserver`],
+    /// their calls handed over afterwards, pooled, the same way.
     fn observes_only(&self) -> bool {
         false
     }
 
-    /// Records one call that was observed in separate passes, its statistics joined in batch
-    /// order as the batched call would have produced them (`roles`: the whole batch's).
-    fn observe_pooled(
+    /// Records the statistics of one call that ran the default attention outside `attend` (the
+    /// model's fused CPU path, or separate passes whose calls were pooled in batch order, as the
+    /// batched call would have produced them; `roles`: the whole batch's).
+    fn observe(
         &mut self,
         _step: &StepInfo,
         _roles: &[BatchRole],
         _call: ObservedCall,
     ) -> Result<()> {
-        candle_core::bail!("this attention controller does not take pooled observations")
+        candle_core::bail!("this attention controller does not take observed calls")
     }
 }

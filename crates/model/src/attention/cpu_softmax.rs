@@ -9,11 +9,44 @@
 //! sum of the values and, when statistics are recorded, the row's entropy — sixteen rows at a
 //! time, one per vector lane. Maps are independent, so the result does not depend on how rayon
 //! splits them, and the output is the same whether or not the entropy is measured.
+//!
+//! The kernel reads each head's queries, keys and values where the projections wrote them (rows of
+//! every head side by side, [`PackedMaps`]) and writes each head's output where the output
+//! projection reads it, so a call needs no copies to split or merge heads, nor one copy of the
+//! text's keys and values per frame for cross-attention.
 
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu_math::{call_vectorised, cpu_f32_data, exp_non_positive};
+
+/// The maps of one attention call as the projections laid them out.
+///
+/// `q` is `[N, Nq, Wq]`: for item `n` and head `h`, the queries are the `depth` columns from
+/// `q_offset + h·depth` of `q[n]`. `k` and `v` are `[N / groups, Nk, W]`, read the same way from
+/// `k_offset` and `v_offset`, item `n` reading `n / groups` (cross-attention: the frames of one
+/// batch item share its text). The maps go item-major, head-minor: map `n·heads + h`.
+pub(crate) struct PackedMaps<'a> {
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub q_offset: usize,
+    pub k_offset: usize,
+    pub v_offset: usize,
+    pub heads: usize,
+    pub depth: usize,
+    pub value_depth: usize,
+    pub groups: usize,
+}
+
+/// What [`packed_softmax_attention`] returns: the output `[N, Nq, heads·dv]` (heads merged, as
+/// the output projection reads them) and, when measured, each map's summed query-row entropy
+/// and Σ out² (f64, map order).
+pub(crate) struct PackedOutput {
+    pub out: Tensor,
+    pub entropy_sums: Option<Vec<f64>>,
+    pub energies: Option<Vec<f64>>,
+}
 
 /// The output `[R, Nq, dv]` and, when `measure`, each map's summed query-row entropy `[R]` (f64),
 /// or `None` when the inputs are not f32 tensors on the CPU (the caller then uses candle's ops).
@@ -24,41 +57,151 @@ pub(crate) fn softmax_attention(
     logit_scale: f64,
     measure: bool,
 ) -> Result<Option<(Tensor, Option<Tensor>)>> {
+    let (Ok((_, _, depth)), Ok((_, _, value_depth))) = (q.dims3(), v.dims3()) else {
+        return Ok(None);
+    };
+    let maps = PackedMaps {
+        q,
+        k,
+        v,
+        q_offset: 0,
+        k_offset: 0,
+        v_offset: 0,
+        heads: 1,
+        depth,
+        value_depth,
+        groups: 1,
+    };
+    let Some(output) = packed_softmax_attention(&maps, logit_scale, measure)? else {
+        return Ok(None);
+    };
+    let entropy = output
+        .entropy_sums
+        .map(|sums| {
+            let rows = sums.len();
+            Tensor::from_vec(sums, rows, &Device::Cpu)
+        })
+        .transpose()?;
+    Ok(Some((output.out, entropy)))
+}
+
+/// Every map of `maps`, or `None` when the inputs are not f32 tensors on the CPU or their shapes
+/// do not fit (the caller then splits the heads and uses candle's ops).
+pub(crate) fn packed_softmax_attention(
+    maps: &PackedMaps,
+    logit_scale: f64,
+    measure: bool,
+) -> Result<Option<PackedOutput>> {
+    let PackedMaps {
+        q,
+        k,
+        v,
+        heads,
+        depth,
+        value_depth,
+        groups,
+        ..
+    } = *maps;
     if !q.device().is_cpu() || [q, k, v].iter().any(|t| t.dtype() != DType::F32) {
         return Ok(None);
     }
-    let (rows, queries, depth) = q.dims3()?;
-    let (_, keys, value_depth) = v.dims3()?;
-    if [rows, queries, depth, keys, value_depth].contains(&0) {
+    let (Ok((items, queries, q_width)), Ok((kv_items, keys, k_width)), Ok(v_dims)) =
+        (q.dims3(), k.dims3(), v.dims3())
+    else {
+        return Ok(None);
+    };
+    let v_width = v_dims.2;
+    let fits = v_dims.0 == kv_items
+        && v_dims.1 == keys
+        && groups > 0
+        && items == kv_items * groups
+        && maps.q_offset + heads * depth <= q_width
+        && maps.k_offset + heads * depth <= k_width
+        && maps.v_offset + heads * value_depth <= v_width;
+    if !fits || [items, queries, keys, heads, depth, value_depth].contains(&0) {
         return Ok(None);
     }
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    let mut out = vec![0f32; rows * queries * value_depth];
-    let mut entropy = vec![0f64; rows];
+    let out_width = heads * value_depth;
+    let mut out = vec![0f32; items * queries * out_width];
+    let mut entropy = vec![0f64; items * heads];
+    let mut energy = vec![0f64; items * heads];
+    let shape = MapShape {
+        keys,
+        depth,
+        value_depth,
+        q_stride: q_width,
+        k_stride: k_width,
+        v_stride: v_width,
+        out_stride: out_width,
+    };
+    let logit_scale = logit_scale as f32;
     with_f32_slices(&q, &k, &v, |q, k, v| {
-        let shape = MapShape {
-            keys,
-            depth,
-            value_depth,
-        };
-        out.par_chunks_mut(queries * value_depth)
-            .zip(entropy.par_iter_mut())
+        out.par_chunks_mut(queries * out_width)
+            .zip(entropy.par_chunks_mut(heads))
+            .zip(energy.par_chunks_mut(heads))
             .enumerate()
-            .for_each(|(row, (out, entropy))| {
-                let q = &q[row * queries * depth..][..queries * depth];
-                let k = &k[row * keys * depth..][..keys * depth];
-                let v = &v[row * keys * value_depth..][..keys * value_depth];
-                let logit_scale = logit_scale as f32;
-                *entropy = call_vectorised!(attend_map => f64;
-                    shape: MapShape, q: &[f32], k: &[f32], v: &[f32], logit_scale: f32,
-                    measure: bool, out: &mut [f32]);
+            .for_each(|(item, ((out, entropy), energy))| {
+                let q = &q[item * queries * q_width..][..queries * q_width];
+                let kv_item = item / groups;
+                let k = &k[kv_item * keys * k_width..][..keys * k_width];
+                let v = &v[kv_item * keys * v_width..][..keys * v_width];
+                for head in 0..heads {
+                    let map = MapRows {
+                        q: &q[maps.q_offset + head * depth..],
+                        k: &k[maps.k_offset + head * depth..],
+                        v: &v[maps.v_offset + head * value_depth..],
+                        queries,
+                    };
+                    let out = &mut out[head * value_depth..];
+                    let map = &map;
+                    let sums = attend_map_with_intrinsics(shape, map, logit_scale, measure, out)
+                        .unwrap_or_else(|| {
+                            call_vectorised!(attend_map => MapSums;
+                                shape: MapShape, map: &MapRows, logit_scale: f32, measure: bool,
+                                out: &mut [f32])
+                        });
+                    (entropy[head], energy[head]) = (sums.entropy, sums.energy);
+                }
             });
     })?;
-    let out = Tensor::from_vec(out, (rows, queries, value_depth), &Device::Cpu)?;
-    let entropy = measure
-        .then(|| Tensor::from_vec(entropy, rows, &Device::Cpu))
-        .transpose()?;
-    Ok(Some((out, entropy)))
+    let out = Tensor::from_vec(out, (items, queries, out_width), &Device::Cpu)?;
+    Ok(Some(PackedOutput {
+        out,
+        entropy_sums: measure.then_some(entropy),
+        energies: measure.then_some(energy),
+    }))
+}
+
+/// The map through the AVX-512 kernel (`cpu_softmax_avx512.rs`) when the CPU has AVX-512 and the
+/// head size is one it is written for; `None` otherwise. Same bits as [`attend_map`].
+#[allow(unused_variables)]
+fn attend_map_with_intrinsics(
+    shape: MapShape,
+    map: &MapRows,
+    logit_scale: f32,
+    measure: bool,
+    out: &mut [f32],
+) -> Option<MapSums> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::cpu_softmax_avx512::attend_map as avx512_map;
+        use crate::cpu_math::{vector_level, VectorLevel};
+        if vector_level() != VectorLevel::Avx512 || shape.depth != shape.value_depth {
+            return None;
+        }
+        // SAFETY: the CPU has AVX-512F and FMA; `map` and `out` hold the rows `shape` gives.
+        unsafe {
+            match shape.depth {
+                4 => Some(avx512_map::<4>(shape, map, logit_scale, measure, out)),
+                8 => Some(avx512_map::<8>(shape, map, logit_scale, measure, out)),
+                16 => Some(avx512_map::<16>(shape, map, logit_scale, measure, out)),
+                _ => None,
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 /// Calls `f` with the contiguous f32 data of three CPU tensors.
@@ -84,18 +227,49 @@ fn with_f32_slices(
     }
 }
 
-/// Sizes of one map: its query rows are walked by chunks of `depth`, so their count is implicit.
+/// Sizes of one map and the distances between consecutive rows of its queries, keys, values and
+/// output (the width of the packed rows that hold every head).
 #[derive(Clone, Copy)]
-struct MapShape {
-    keys: usize,
-    depth: usize,
-    value_depth: usize,
+pub(super) struct MapShape {
+    pub keys: usize,
+    pub depth: usize,
+    pub value_depth: usize,
+    pub q_stride: usize,
+    pub k_stride: usize,
+    pub v_stride: usize,
+    pub out_stride: usize,
+}
+
+/// One map's rows: each slice starts at the map's first entry; row `i` starts `i` strides on.
+pub(super) struct MapRows<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub queries: usize,
+}
+
+impl MapRows<'_> {
+    /// Key row `j` (its `depth` entries) and value row `j`.
+    #[inline(always)]
+    pub(super) fn key_and_value(&self, shape: MapShape, j: usize) -> (&[f32], &[f32]) {
+        (
+            &self.k[j * shape.k_stride..][..shape.depth],
+            &self.v[j * shape.v_stride..][..shape.value_depth],
+        )
+    }
+}
+
+/// One map's Σ over its query rows of the row's entropy and of Σ out² (0 unless measured).
+#[derive(Clone, Copy, Default)]
+pub(super) struct MapSums {
+    pub entropy: f64,
+    pub energy: f64,
 }
 
 /// Queries evaluated together, one per vector lane (16 f32: one AVX-512 register, two AVX2 ones).
-const QUERY_BLOCK: usize = 16;
+pub(super) const QUERY_BLOCK: usize = 16;
 
-/// One map: writes `out` `[Nq, dv]`, returns the summed entropy of its rows (0 unless `measure`).
+/// One map: writes its output rows into `out` (row `i` at `i·out_stride`), returns its sums.
 ///
 /// The queries go through in blocks of [`QUERY_BLOCK`], a block's queries side by side in the
 /// lanes of every intermediate: its logits are `[Nk][lanes]`, so the softmax's maximum and sum
@@ -105,38 +279,37 @@ const QUERY_BLOCK: usize = 16;
 #[inline(always)]
 fn attend_map(
     shape: MapShape,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    map: &MapRows,
     logit_scale: f32,
     measure: bool,
     out: &mut [f32],
-) -> f64 {
+) -> MapSums {
     type Lanes = [f32; QUERY_BLOCK];
     let MapShape {
         keys,
         depth,
         value_depth,
+        ..
     } = shape;
-    let queries = q.len() / depth;
     let mut logits: Vec<Lanes> = vec![[0.0; QUERY_BLOCK]; keys];
     let mut scaled_queries: Vec<Lanes> = vec![[0.0; QUERY_BLOCK]; depth];
     let mut weighted_values: Vec<Lanes> = vec![[0.0; QUERY_BLOCK]; value_depth];
-    let mut entropy_sum = 0f64;
-    for first in (0..queries).step_by(QUERY_BLOCK) {
-        let block = QUERY_BLOCK.min(queries - first);
+    let mut sums = MapSums::default();
+    for first in (0..map.queries).step_by(QUERY_BLOCK) {
+        let block = QUERY_BLOCK.min(map.queries - first);
         // The block's queries transposed to `[d][lanes]` and scaled.
         for (c, lanes) in scaled_queries.iter_mut().enumerate() {
             lanes.fill(0.0);
             for (lane, value) in lanes.iter_mut().take(block).enumerate() {
-                *value = q[(first + lane) * depth + c] * logit_scale;
+                *value = map.q[(first + lane) * shape.q_stride + c] * logit_scale;
             }
         }
-        for (key, logit) in k.chunks_exact(depth).zip(logits.iter_mut()) {
+        for (j, logit) in logits.iter_mut().enumerate() {
+            let (key, _) = map.key_and_value(shape, j);
             let mut sum = [0f32; QUERY_BLOCK];
             for (&key_c, query_c) in key.iter().zip(&scaled_queries) {
                 for (s, &x) in sum.iter_mut().zip(query_c) {
-                    *s += x * key_c;
+                    *s = x.mul_add(key_c, *s);
                 }
             }
             *logit = sum;
@@ -150,7 +323,8 @@ fn attend_map(
         let mut total = [0f32; QUERY_BLOCK];
         let mut expected_logit = [0f32; QUERY_BLOCK];
         weighted_values.iter_mut().for_each(|lanes| lanes.fill(0.0));
-        for (logit, value) in logits.iter().zip(v.chunks_exact(value_depth)) {
+        for (j, logit) in logits.iter().enumerate() {
+            let (_, value) = map.key_and_value(shape, j);
             let mut weight = [0f32; QUERY_BLOCK];
             for (((w, t), &s), &m) in weight.iter_mut().zip(&mut total).zip(logit).zip(&max) {
                 *w = exp_non_positive(s - m);
@@ -158,29 +332,76 @@ fn attend_map(
             }
             if measure {
                 for ((e, &w), &s) in expected_logit.iter_mut().zip(&weight).zip(logit) {
-                    *e += w * s;
+                    *e = w.mul_add(s, *e);
                 }
             }
             for (&value_c, sum) in value.iter().zip(weighted_values.iter_mut()) {
                 for (o, &w) in sum.iter_mut().zip(&weight) {
-                    *o += w * value_c;
+                    *o = w.mul_add(value_c, *o);
                 }
             }
         }
-        for lane in 0..block {
-            let inverse = 1.0 / total[lane];
-            let row = &mut out[(first + lane) * value_depth..][..value_depth];
-            for (o, sum) in row.iter_mut().zip(&weighted_values) {
-                *o = sum[lane] * inverse;
-            }
+        let weighted = |lane: usize| weighted_values.iter().map(move |sum| sum[lane]);
+        write_block(
+            shape,
+            BlockSums {
+                first,
+                block,
+                max: &max,
+                total: &total,
+                expected_logit: &expected_logit,
+            },
+            weighted,
+            measure,
+            out,
+            &mut sums,
+        );
+    }
+    sums
+}
+
+/// A finished block's per-lane softmax sums.
+pub(super) struct BlockSums<'a> {
+    pub first: usize,
+    pub block: usize,
+    pub max: &'a [f32; QUERY_BLOCK],
+    pub total: &'a [f32; QUERY_BLOCK],
+    pub expected_logit: &'a [f32; QUERY_BLOCK],
+}
+
+/// Writes a block's output rows (the weighted sums over the row's total) and adds its rows'
+/// entropies and energies to `sums`. `weighted(lane)` gives that lane's weighted sums, in order.
+#[inline(always)]
+pub(super) fn write_block<I: Iterator<Item = f32>>(
+    shape: MapShape,
+    block_sums: BlockSums,
+    weighted: impl Fn(usize) -> I,
+    measure: bool,
+    out: &mut [f32],
+    sums: &mut MapSums,
+) {
+    let BlockSums {
+        first,
+        block,
+        max,
+        total,
+        expected_logit,
+    } = block_sums;
+    for lane in 0..block {
+        let inverse = 1.0 / total[lane];
+        let row = &mut out[(first + lane) * shape.out_stride..][..shape.value_depth];
+        for (o, sum) in row.iter_mut().zip(weighted(lane)) {
+            *o = sum * inverse;
             if measure {
-                // H = logsumexp(s) − Σ p·s, with logsumexp = max + ln Σ exp(s − max).
-                entropy_sum += f64::from(max[lane]) + f64::from(total[lane]).ln()
-                    - f64::from(expected_logit[lane] * inverse);
+                sums.energy += f64::from(*o) * f64::from(*o);
             }
         }
+        if measure {
+            // H = logsumexp(s) − Σ p·s, with logsumexp = max + ln Σ exp(s − max).
+            sums.entropy += f64::from(max[lane]) + f64::from(total[lane]).ln()
+                - f64::from(expected_logit[lane] * inverse);
+        }
     }
-    entropy_sum
 }
 
 #[cfg(test)]
@@ -236,6 +457,128 @@ mod tests {
             assert!(none.is_none());
             let gap = max_abs_diff(&unmeasured, &measured);
             assert_eq!(gap, 0.0, "measuring changed the output");
+        }
+        Ok(())
+    }
+
+    /// The AVX-512 kernel must give the portable kernel's bits (outputs and entropies), so that a
+    /// video does not depend on the CPU it was made on.
+    #[test]
+    fn intrinsics_kernel_gives_the_portable_kernels_bits() -> Result<()> {
+        if !cfg!(target_arch = "x86_64") {
+            return Ok(());
+        }
+        let device = Device::Cpu;
+        for (queries, keys, depth) in [
+            (16, 16, 4),
+            (64, 77, 4),
+            (5, 9, 8),
+            (37, 64, 16),
+            (4, 77, 16),
+        ] {
+            let q = (Tensor::randn(0f32, 1.0, (queries, depth), &device)? * 3.0)?;
+            let k = Tensor::randn(0f32, 1.0, (keys, depth), &device)?;
+            let v = Tensor::randn(0f32, 1.0, (keys, depth), &device)?;
+            let (q, k, v) = (
+                q.to_vec2::<f32>()?,
+                k.to_vec2::<f32>()?,
+                v.to_vec2::<f32>()?,
+            );
+            let (q, k, v) = (q.concat(), k.concat(), v.concat());
+            let shape = MapShape {
+                keys,
+                depth,
+                value_depth: depth,
+                q_stride: depth,
+                k_stride: depth,
+                v_stride: depth,
+                out_stride: depth,
+            };
+            let map = MapRows {
+                q: &q,
+                k: &k,
+                v: &v,
+                queries,
+            };
+            let scale = 1.0 / (depth as f32).sqrt();
+            let mut portable = vec![0f32; queries * depth];
+            let portable_sums = attend_map(shape, &map, scale, true, &mut portable);
+            let mut fast = vec![0f32; queries * depth];
+            let Some(fast_sums) = attend_map_with_intrinsics(shape, &map, scale, true, &mut fast)
+            else {
+                return Ok(()); // no AVX-512 on this CPU
+            };
+            assert_eq!(portable, fast, "{queries}x{keys}x{depth}: outputs differ");
+            let (portable_entropy, fast_entropy) = (portable_sums.entropy, fast_sums.entropy);
+            assert_eq!(portable_sums.energy.to_bits(), fast_sums.energy.to_bits());
+            assert_eq!(portable_entropy.to_bits(), fast_entropy.to_bits());
+        }
+        Ok(())
+    }
+
+    /// Heads read in place from stacked projections (and keys shared by groups of query items)
+    /// give what splitting the heads into separate maps gives, bit for bit.
+    #[test]
+    fn packed_maps_equal_split_maps() -> Result<()> {
+        let device = Device::Cpu;
+        // (query items, groups per key item, queries, keys, heads, depth): self-attention over
+        // stacked q|k|v, and cross-attention with one text per group of frames.
+        for (items, groups, queries, keys, heads, depth) in [
+            (3, 1, 20, 20, 4, 4),
+            (4, 2, 16, 9, 2, 8),
+            (2, 2, 5, 7, 3, 3),
+        ] {
+            let self_attention = groups == 1;
+            let inner = heads * depth;
+            let q_source = Tensor::randn(0f32, 1.0, (items, queries, 3 * inner), &device)?;
+            let kv_source = if self_attention {
+                q_source.clone()
+            } else {
+                Tensor::randn(0f32, 1.0, (items / groups, keys, 2 * inner), &device)?
+            };
+            let k_offset = if self_attention { inner } else { 0 };
+            let maps = PackedMaps {
+                q: &q_source,
+                k: &kv_source,
+                v: &kv_source,
+                q_offset: 0,
+                k_offset,
+                v_offset: k_offset + inner,
+                heads,
+                depth,
+                value_depth: depth,
+                groups,
+            };
+            let scale = 0.5;
+            let packed = packed_softmax_attention(&maps, scale, true)?.unwrap();
+            // The same maps split out: [items·heads, S, d], keys repeated per group.
+            let split = |t: &Tensor, offset: usize, repeat: usize| -> Result<Tensor> {
+                let (n, s, _) = t.dims3()?;
+                let part = t.narrow(2, offset, inner)?.reshape((n, s, heads, depth))?;
+                let part = part.permute((0, 2, 1, 3))?.contiguous()?;
+                let part = part.unsqueeze(1)?.repeat((1, repeat, 1, 1, 1))?;
+                part.reshape((n * repeat * heads, s, depth))
+            };
+            let (q, k, v) = (
+                split(&q_source, 0, 1)?,
+                split(&kv_source, k_offset, groups)?,
+                split(&kv_source, k_offset + inner, groups)?,
+            );
+            let (out, entropy) = softmax_attention(&q, &k, &v, scale, true)?.unwrap();
+            let merged = out
+                .reshape((items, heads, queries, depth))?
+                .permute((0, 2, 1, 3))?
+                .reshape((items, queries, inner))?;
+            assert_eq!(max_abs_diff(&packed.out, &merged), 0.0);
+            assert_eq!(
+                packed.entropy_sums.unwrap(),
+                entropy.unwrap().to_vec1::<f64>()?
+            );
+            let energies = packed.energies.unwrap();
+            let expected = out.sqr()?.flatten_from(1)?.sum(1)?.to_vec1::<f32>()?;
+            for (got, want) in energies.iter().zip(expected) {
+                assert!((got - f64::from(want)).abs() < 1e-4 * got.abs().max(1.0));
+            }
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! that replace attention maps, their statistics, attention plans, and map injection for edits.
 
 pub mod control;
-mod cpu_softmax;
+pub(crate) mod cpu_softmax;
+mod cpu_softmax_avx512;
 pub mod inject;
 pub mod ops;
 pub mod plan;

@@ -215,12 +215,7 @@ impl AttentionControl for StatsRecorder {
         true
     }
 
-    fn observe_pooled(
-        &mut self,
-        step: &StepInfo,
-        roles: &[BatchRole],
-        call: ObservedCall,
-    ) -> Result<()> {
+    fn observe(&mut self, step: &StepInfo, roles: &[BatchRole], call: ObservedCall) -> Result<()> {
         self.record(&call.site, step, roles, call.heads, &call.stats)
     }
 }
@@ -304,6 +299,20 @@ impl AttentionControl for CallObserver {
             });
         }
         Ok(Some(out))
+    }
+
+    fn observes_only(&self) -> bool {
+        true
+    }
+
+    fn observe(
+        &mut self,
+        _step: &StepInfo,
+        _roles: &[BatchRole],
+        call: ObservedCall,
+    ) -> Result<()> {
+        self.calls.push(call);
+        Ok(())
     }
 }
 

@@ -250,7 +250,7 @@ fn predict_branches_side_by_side(
             )
         }
         for (a, b) in first_calls.into_iter().zip(second_calls) {
-            control.observe_pooled(&step, roles, ObservedCall::pool(vec![a, b])?)?;
+            control.observe(&step, roles, ObservedCall::pool(vec![a, b])?)?;
         }
     }
     Tensor::cat(&[first, second], 0)

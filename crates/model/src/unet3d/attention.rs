@@ -1,10 +1,14 @@
 //! diffusers' `Attention` (with `AttnProcessor2_0`), GEGLU `FeedForward` and
 //! `BasicTransformerBlock`, each attention module being a named site.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::attention::{default_attention, AttentionCall, ForwardCtx, SiteInfo, SiteKind};
+use crate::attention::cpu_softmax::{packed_softmax_attention, PackedMaps};
+use crate::attention::stats::MapStats;
+use crate::attention::{
+    default_attention, AttentionCall, ForwardCtx, ObservedCall, SiteInfo, SiteKind,
+};
 use crate::linear::{linear, linear_no_bias, Linear};
 
 use super::geglu::geglu;
@@ -37,6 +41,7 @@ pub struct Attention {
     projections: Projections,
     to_out: Linear,
     heads: usize,
+    head_dim: usize,
     scale: f64,
     site: SiteInfo,
 }
@@ -88,6 +93,7 @@ impl Attention {
             projections,
             to_out: linear(inner, spec.query_dim, vb.pp("to_out").pp("0"))?,
             heads: spec.heads,
+            head_dim: spec.head_dim,
             scale: 1.0 / (spec.head_dim as f64).sqrt(),
             site: sites.register(&vb, spec.kind, spec.stage),
         })
@@ -103,6 +109,9 @@ impl Attention {
         batch: usize,
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
+        if let Some(out) = self.fused_default_attention(x, text, batch, ctx)? {
+            return per_item(&out, batch, |x| self.to_out.forward(x));
+        }
         let rows = x.dim(0)?;
         let (q, k, v) = match &self.projections {
             Projections::SelfAttention { qkv } => {
@@ -152,6 +161,85 @@ impl Attention {
             None => default_attention(&q, &k, &v, self.scale)?,
         };
         per_item(&self.merge_heads(&out)?, batch, |x| self.to_out.forward(x))
+    }
+
+    /// The default attention of this call with its heads merged (`[B*G, S, heads·d]`), computed
+    /// by the CPU kernel straight from the projections' outputs — no copies to split the heads,
+    /// repeat the text per frame or merge the heads back — when there is no controller or one
+    /// that only observes (it then gets the call's statistics through
+    /// [`crate::attention::AttentionControl::observe`]). `None` when a controller may change the
+    /// maps, or the tensors are not f32 on the CPU: the caller then takes the general path.
+    fn fused_default_attention(
+        &self,
+        x: &Tensor,
+        text: Option<&Tensor>,
+        batch: usize,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Option<Tensor>> {
+        let measure = match ctx.control.as_ref() {
+            None => false,
+            Some(control) if control.observes_only() => true,
+            Some(_) => return Ok(None),
+        };
+        let rows = x.dim(0)?;
+        if !x.device().is_cpu() || x.dtype() != DType::F32 || batch == 0 || rows % batch != 0 {
+            return Ok(None);
+        }
+        let (head_dim, inner) = (self.head_dim, self.heads * self.head_dim);
+        let (queries, keys_and_values, groups) = match &self.projections {
+            Projections::SelfAttention { qkv } => {
+                let packed = per_item(x, batch, |x| qkv.forward(x))?;
+                (packed.clone(), packed, 1)
+            }
+            Projections::Cross { q, kv } => {
+                let Some(text) = text else {
+                    candle_core::bail!("{} needs text states", self.site.id)
+                };
+                let queries = per_item(x, batch, |x| q.forward(x))?;
+                (
+                    queries,
+                    per_item(text, batch, |t| kv.forward(t))?,
+                    rows / batch,
+                )
+            }
+        };
+        // Self-attention's keys follow its queries in the stacked projection; cross-attention's
+        // queries and keys come from separate ones. Values follow the keys in both.
+        let k_offset = match self.projections {
+            Projections::SelfAttention { .. } => inner,
+            Projections::Cross { .. } => 0,
+        };
+        let maps = PackedMaps {
+            q: &queries,
+            k: &keys_and_values,
+            v: &keys_and_values,
+            q_offset: 0,
+            k_offset,
+            v_offset: k_offset + inner,
+            heads: self.heads,
+            depth: head_dim,
+            value_depth: head_dim,
+            groups,
+        };
+        let Some(output) = packed_softmax_attention(&maps, self.scale, measure)? else {
+            return Ok(None);
+        };
+        if let (Some(control), Some(entropy_sums), Some(energies)) =
+            (ctx.control.as_mut(), output.entropy_sums, output.energies)
+        {
+            let call = ObservedCall {
+                site: self.site.clone(),
+                heads: self.heads,
+                stats: MapStats {
+                    entropy_sums,
+                    energies,
+                    queries: queries.dim(1)?,
+                    keys: keys_and_values.dim(1)?,
+                },
+            };
+            control.observe(&ctx.step, &ctx.batch_roles, call)?;
+        }
+        Ok(Some(output.out))
     }
 
     /// `[N, S, parts·heads·d]` (the outputs of `parts` stacked projections) → `[parts,
