@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::cpu_math::{cpu_f32_data, SharedOutput};
 
-/// Output blocks per task: a band of whole block rows of one image.
+/// Output blocks per task (see [`Tasks`]).
 const TILES_PER_BAND: usize = 256;
 
 /// The kernel transform G·g·Gᵀ of packed weights `[c_out, 9·c_in]` (kernel position major, input
@@ -89,29 +89,35 @@ pub(crate) fn conv3x3(
     };
     let plane = h * w;
     let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
-    let rows_per_band = (TILES_PER_BAND / tiles_w).clamp(1, tiles_h.max(1));
-    let bands = tiles_h.div_ceil(rows_per_band);
+    let tasks = Tasks::new(n, tiles_h, tiles_w);
     let mut out = vec![0f32; n * out_channels * plane];
     let out_ptr = SharedOutput(out.as_mut_ptr());
-    (0..n * bands).into_par_iter().for_each_init(
+    (0..tasks.count()).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
         |(blocks, products), task| {
-            let (image, band) = (task / bands, task % bands);
-            let first_tile_row = band * rows_per_band;
-            let tile_rows = rows_per_band.min(tiles_h - first_tile_row);
-            let tiles = tile_rows * tiles_w;
-            blocks.resize(16 * c * tiles, 0.0);
-            products.resize(16 * out_channels * tiles, 0.0);
-            let image_input = &input[image * c * plane..][..c * plane];
-            transform_input(image_input, (c, h, w), first_tile_row, tile_rows, blocks);
-            multiply(weights, blocks, products, (out_channels, c, tiles));
-            let band_out = BandOutput {
-                // SAFETY: the image's planes lie inside `out`.
-                planes: unsafe { out_ptr.get().add(image * out_channels * plane) },
-                first_tile_row,
-                tile_rows,
+            let task = tasks.get(task);
+            let columns = task.images.len() * task.tile_rows * tiles_w;
+            blocks.resize(16 * c * columns, 0.0);
+            products.resize(16 * out_channels * columns, 0.0);
+            let images_columns = |index: usize| Columns {
+                total: columns,
+                offset: index * task.tile_rows * tiles_w,
             };
-            transform_output(products, &bias, (h, w), band_out);
+            for (index, image) in task.images.clone().enumerate() {
+                let image_input = &input[image * c * plane..][..c * plane];
+                let rows = (task.first_tile_row, task.tile_rows);
+                transform_input(image_input, (c, h, w), rows, blocks, images_columns(index));
+            }
+            multiply(weights, blocks, products, (out_channels, c, columns));
+            for (index, image) in task.images.clone().enumerate() {
+                let band_out = BandOutput {
+                    // SAFETY: the image's planes lie inside `out`.
+                    planes: unsafe { out_ptr.get().add(image * out_channels * plane) },
+                    first_tile_row: task.first_tile_row,
+                    tile_rows: task.tile_rows,
+                };
+                transform_output(products, &bias, (h, w), band_out, images_columns(index));
+            }
         },
     );
     drop((x_storage, u_storage));
@@ -120,6 +126,67 @@ pub(crate) fn conv3x3(
         (n, out_channels, h, w),
         &Device::Cpu,
     )?))
+}
+
+/// How the images are cut into tasks of about [`TILES_PER_BAND`] output blocks: a large image in
+/// bands of whole block rows, small ones (the UNet's 8×8 latents: 16 blocks) several whole images
+/// to a task, so that the 16 products of a task have enough columns to be worth a call each.
+struct Tasks {
+    images: usize,
+    tiles_h: usize,
+    /// Block rows per band of one image (all of them when images are grouped).
+    rows_per_band: usize,
+    bands: usize,
+    /// Whole images per task (1 when images are cut into bands).
+    images_per_task: usize,
+}
+
+/// One task: block rows `first_tile_row..first_tile_row + tile_rows` of each image of `images`.
+struct Task {
+    images: std::ops::Range<usize>,
+    first_tile_row: usize,
+    tile_rows: usize,
+}
+
+impl Tasks {
+    fn new(images: usize, tiles_h: usize, tiles_w: usize) -> Self {
+        let tiles_per_image = tiles_h * tiles_w;
+        let images_per_task = (TILES_PER_BAND / tiles_per_image.max(1)).clamp(1, images.max(1));
+        let rows_per_band = if images_per_task > 1 {
+            tiles_h
+        } else {
+            (TILES_PER_BAND / tiles_w).clamp(1, tiles_h.max(1))
+        };
+        Self {
+            images,
+            tiles_h,
+            rows_per_band,
+            bands: tiles_h.div_ceil(rows_per_band),
+            images_per_task,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.images.div_ceil(self.images_per_task) * self.bands
+    }
+
+    fn get(&self, task: usize) -> Task {
+        let (group, band) = (task / self.bands, task % self.bands);
+        let first_image = group * self.images_per_task;
+        let first_tile_row = band * self.rows_per_band;
+        Task {
+            images: first_image..(first_image + self.images_per_task).min(self.images),
+            first_tile_row,
+            tile_rows: self.rows_per_band.min(self.tiles_h - first_tile_row),
+        }
+    }
+}
+
+/// Where one image's blocks lie among the columns of a task's matrices (`[.., total]` rows).
+#[derive(Clone, Copy)]
+struct Columns {
+    total: usize,
+    offset: usize,
 }
 
 /// Where a band's outputs go: rows 2·first_tile_row .. 2·(first_tile_row + tile_rows) (within the
@@ -131,17 +198,17 @@ struct BandOutput {
 }
 
 /// Bᵀ·d·B of the 4×4 input blocks of tile rows `first..first + rows` of one image `[C, H, W]`
-/// (zero outside the image) into `blocks` `[16, C, tiles]`. The row half of the transform runs on
+/// (zero outside the image) into the image's `columns` of `blocks` `[16, C, columns.total]`. The row half of the transform runs on
 /// whole zero-padded input rows, the column half along them, so neither needs a bounds check.
 fn transform_input(
     input: &[f32],
     (c, h, w): (usize, usize, usize),
-    first: usize,
-    rows: usize,
+    (first, rows): (usize, usize),
     blocks: &mut [f32],
+    columns: Columns,
 ) {
     let tiles_w = w.div_ceil(2);
-    let tiles = rows * tiles_w;
+    let tiles = columns.total;
     // Padded rows: one zero column on the left, enough on the right for the last block.
     let padded_w = 2 * tiles_w + 2;
     let mut d = vec![[0f32; 4]; padded_w];
@@ -174,7 +241,7 @@ fn transform_input(
                 t[3][x] = r[1] - r[3];
             }
             // ·B along the row, block by block (columns 2·tx .. 2·tx + 3 of the padded row).
-            let first_tile = tile_row * tiles_w;
+            let first_tile = columns.offset + tile_row * tiles_w;
             for (i, row) in t.iter().enumerate() {
                 for tx in 0..tiles_w {
                     let x = 2 * tx;
@@ -227,17 +294,24 @@ fn multiply(
     }
 }
 
-/// Aᵀ·m·A of every output block of the band, plus the bias, into the image's output planes
-/// (a last block row or column past the image is dropped). Each step runs along a row of blocks.
-fn transform_output(products: &[f32], bias: &[f32], (h, w): (usize, usize), out: BandOutput) {
+/// Aᵀ·m·A of every output block of the band (the image's `columns` of `products`), plus the bias,
+/// into the image's output planes (a last block row or column past the image is dropped). Each
+/// step runs along a row of blocks.
+fn transform_output(
+    products: &[f32],
+    bias: &[f32],
+    (h, w): (usize, usize),
+    out: BandOutput,
+    columns: Columns,
+) {
     let tiles_w = w.div_ceil(2);
-    let tiles = out.tile_rows * tiles_w;
+    let tiles = columns.total;
     let out_channels = bias.len();
     let mut rows_t = [[0f32; 4]; 2].map(|_| [(); 4].map(|_| vec![0f32; tiles_w]));
     let mut line = vec![0f32; 2 * tiles_w];
     for (co, &bias) in bias.iter().enumerate() {
         for tile_row in 0..out.tile_rows {
-            let first_tile = tile_row * tiles_w;
+            let first_tile = columns.offset + tile_row * tiles_w;
             let m =
                 |xi: usize| &products[(xi * out_channels + co) * tiles + first_tile..][..tiles_w];
             // Aᵀ·m (rows): [r₀ + r₁ + r₂, r₁ − r₂ − r₃], for the four columns of every block.
@@ -276,11 +350,13 @@ mod tests {
     fn agrees_with_the_direct_convolution() -> Result<()> {
         let device = Device::Cpu;
         // (images, in, out, height, width): odd sizes (a last block half outside), a single
-        // pixel, the UNet's 8×8 latents, bands of several block rows, a width past one band.
+        // pixel, the UNet's 8×8 latents, small images grouped several to a task (the last group
+        // partly filled), bands of several block rows, a width past one band.
         for (n, c, c_out, h, w) in [
             (2, 3, 4, 5, 7),
             (1, 2, 3, 1, 1),
             (2, 16, 16, 8, 8),
+            (37, 6, 5, 8, 6),
             (1, 8, 5, 64, 64),
             (1, 4, 4, 3, 600),
         ] {
