@@ -9,8 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-models/entrovid-world-tiny}; runs=${2:-5}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/entrovid-target}
-bin=${BIN:-$CARGO_TARGET_DIR/debug/entrovid}
-[ -n "${BIN:-}" ] || cargo build -q --bin entrovid
+# A release build, as shipped (see bench/cpu_generate_vs_diffusers.sh for why not the dev one).
+bin=${BIN:-$CARGO_TARGET_DIR/release/entrovid}
+[ -n "${BIN:-}" ] || cargo build -q --release --bin entrovid
 source bench/serve.sh
 SERVE_ENV="RAYON_NUM_THREADS=2" start_server "$(dirname "$model")"
 python3 - "$base" "$(basename "$model")" "$runs" <<'PY'

@@ -3,7 +3,9 @@
 # Extra arguments go to `entrovid serve` (e.g. --bind 0.0.0.0:8080 --workers 2).
 #
 # The build is cargo's dev profile with every dependency and the model crate optimised
-# (Cargo.toml), so compute runs at release speed while sharing build outputs with scripts/test.sh.
+# (Cargo.toml), sharing build outputs with scripts/test.sh. It still keeps the dependencies' debug
+# assertions and overflow checks: a default generate takes ~1.6x a release build's time (BENCHMARKS.md);
+# `cargo build --release` serves faster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
