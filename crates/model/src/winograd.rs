@@ -209,48 +209,55 @@ fn transform_input(
 ) {
     let tiles_w = w.div_ceil(2);
     let tiles = columns.total;
-    // Padded rows: one zero column on the left, enough on the right for the last block.
+    // Padded rows: one zero column on the left, enough on the right for the last block. Only
+    // columns 1..=w are ever written, so the borders stay zero.
     let padded_w = 2 * tiles_w + 2;
-    let mut d = vec![[0f32; 4]; padded_w];
-    let mut t = [
-        vec![0f32; padded_w],
-        vec![0f32; padded_w],
-        vec![0f32; padded_w],
-        vec![0f32; padded_w],
-    ];
+    let mut d = [0; 4].map(|_| vec![0f32; padded_w]);
+    let mut t = [0; 4].map(|_| vec![0f32; padded_w]);
     for ci in 0..c {
         let channel = &input[ci * h * w..][..h * w];
         for tile_row in 0..rows {
-            let top = 2 * (first + tile_row) as isize - 1;
-            // The block's four input rows side by side, zero outside the image.
-            for i in 0..4 {
-                let y = top + i as isize;
-                let source = (y >= 0 && (y as usize) < h).then(|| &channel[y as usize * w..][..w]);
-                for (x, values) in d.iter_mut().enumerate() {
-                    values[i] = match source {
-                        Some(row) if x >= 1 && x <= w => row[x - 1],
-                        _ => 0.0,
-                    };
+            // The block row's four input rows, zero outside the image.
+            for (i, row) in d.iter_mut().enumerate() {
+                let inside = &mut row[1..=w];
+                match (2 * (first + tile_row) + i)
+                    .checked_sub(1)
+                    .filter(|&y| y < h)
+                {
+                    Some(y) => inside.copy_from_slice(&channel[y * w..][..w]),
+                    None => inside.fill(0.0),
                 }
             }
             // Bᵀ·d on every column: [r₀ − r₂, r₁ + r₂, r₂ − r₁, r₁ − r₃].
-            for (x, r) in d.iter().enumerate() {
-                t[0][x] = r[0] - r[2];
-                t[1][x] = r[1] + r[2];
-                t[2][x] = r[2] - r[1];
-                t[3][x] = r[1] - r[3];
+            let [r0, r1, r2, r3] = &d;
+            let [t0, t1, t2, t3] = &mut t;
+            for x in 0..padded_w {
+                t0[x] = r0[x] - r2[x];
+                t1[x] = r1[x] + r2[x];
+                t2[x] = r2[x] - r1[x];
+                t3[x] = r1[x] - r3[x];
             }
-            // ·B along the row, block by block (columns 2·tx .. 2·tx + 3 of the padded row).
+            // ·B along the row, block by block (columns 2·tx .. 2·tx + 3 of the padded row),
+            // into the four rows of `blocks` that block row i of every block goes to.
             let first_tile = columns.offset + tile_row * tiles_w;
             for (i, row) in t.iter().enumerate() {
+                let target = |k: usize| {
+                    let start = ((i * 4 + k) * c + ci) * tiles + first_tile;
+                    start..start + tiles_w
+                };
+                let Ok([b0, b1, b2, b3]) =
+                    blocks.get_disjoint_mut([target(0), target(1), target(2), target(3)])
+                else {
+                    unreachable!("the four block rows are distinct rows of `blocks`");
+                };
+                let row = &row[..2 * tiles_w + 2];
                 for tx in 0..tiles_w {
                     let x = 2 * tx;
-                    let (r0, r1, r2, r3) = (row[x], row[x + 1], row[x + 2], row[x + 3]);
-                    let tile = first_tile + tx;
-                    blocks[((i * 4) * c + ci) * tiles + tile] = r0 - r2;
-                    blocks[((i * 4 + 1) * c + ci) * tiles + tile] = r1 + r2;
-                    blocks[((i * 4 + 2) * c + ci) * tiles + tile] = r2 - r1;
-                    blocks[((i * 4 + 3) * c + ci) * tiles + tile] = r1 - r3;
+                    let (v0, v1, v2, v3) = (row[x], row[x + 1], row[x + 2], row[x + 3]);
+                    b0[tx] = v0 - v2;
+                    b1[tx] = v1 + v2;
+                    b2[tx] = v2 - v1;
+                    b3[tx] = v1 - v3;
                 }
             }
         }
