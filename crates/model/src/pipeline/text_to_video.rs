@@ -348,18 +348,38 @@ impl TextToVideoPipeline {
         on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<Video, ModelError> {
         let total = latents.dim(2)?;
-        let mut video: Option<Video> = None;
-        for start in (0..total).step_by(VAE_CHUNK_FRAMES) {
+        let decode_chunk = |start: usize| -> Result<Video, ModelError> {
             let count = VAE_CHUNK_FRAMES.min(total - start);
             let images = self
                 .vae
                 .decode_video(&latents.narrow(2, start, count)?, count)?;
-            let chunk = frames::rgb_frames(&images)?;
-            match video.as_mut() {
-                Some(video) => video.frames.extend(chunk.frames),
-                None => video = Some(chunk),
+            Ok(frames::rgb_frames(&images)?)
+        };
+        // On the CPU two chunks decode side by side, one per thread: the default model's small
+        // convolutions keep two threads busier that way than by splitting each one (BENCHMARKS.md).
+        let side_by_side = latents.device().is_cpu() && rayon::current_num_threads() > 1;
+        let chunks_at_once = if side_by_side { 2 } else { 1 };
+        let mut video: Option<Video> = None;
+        let starts: Vec<usize> = (0..total).step_by(VAE_CHUNK_FRAMES).collect();
+        for group in starts.chunks(chunks_at_once) {
+            let decoded = match group {
+                [first, second] => {
+                    let (a, b) = rayon::join(|| decode_chunk(*first), || decode_chunk(*second));
+                    vec![a?, b?]
+                }
+                _ => group
+                    .iter()
+                    .map(|&start| decode_chunk(start))
+                    .collect::<Result<_, _>>()?,
+            };
+            for (chunk, &start) in decoded.into_iter().zip(group) {
+                match video.as_mut() {
+                    Some(video) => video.frames.extend(chunk.frames),
+                    None => video = Some(chunk),
+                }
+                let count = VAE_CHUNK_FRAMES.min(total - start);
+                report(on_progress, Stage::Decoding, start + count, total)?;
             }
-            report(on_progress, Stage::Decoding, start + count, total)?;
         }
         video.ok_or_else(|| {
             ModelError::invalid_params("num_frames", "there are no frames to decode")
