@@ -8,10 +8,8 @@ cd "$(dirname "$0")/.."
 model=${1:-models/entrovid-world-tiny}; runs=${2:-3}
 PYTHON=${PYTHON:-/opt/fixtures-venv/bin/python}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/entrovid-target}
-# A release build, as shipped (Dockerfile). The dev profile optimises every dependency and the
-# model crate too, but keeps debug assertions and overflow checks in the dependencies and splits
-# code into more units: its default generate took 0.51-0.57 s against 0.33-0.35 s (BENCHMARKS.md).
-# PROFILE=debug measures the dev build instead.
+# A release build, as shipped (Dockerfile). PROFILE=debug measures the dev build instead (every
+# dependency optimised, within ~5% of release since their debug assertions are off; BENCHMARKS.md).
 profile=${PROFILE:-release}
 if [ "$profile" = release ]; then cargo build -q --release --bin entrovid; else cargo build -q --bin entrovid; fi
 bin="$CARGO_TARGET_DIR/$profile/entrovid"

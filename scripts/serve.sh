@@ -2,10 +2,9 @@
 # Installs what is missing, builds entrovid and serves the default model (models/) on 127.0.0.1:8080.
 # Extra arguments go to `entrovid serve` (e.g. --bind 0.0.0.0:8080 --workers 2).
 #
-# The build is cargo's dev profile with every dependency and the model crate optimised
-# (Cargo.toml), sharing build outputs with scripts/test.sh. It still keeps the dependencies' debug
-# assertions and overflow checks: a default generate takes ~1.6x a release build's time (BENCHMARKS.md);
-# `cargo build --release` serves faster.
+# The build is cargo's dev profile with every dependency and the model crate optimised and the
+# dependencies' debug assertions off (Cargo.toml), sharing build outputs with scripts/test.sh; its
+# default generate runs within ~5% of a release build's (BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
