@@ -332,10 +332,15 @@ impl TextToVideoPipeline {
         }
         let images = frames::video_to_images(video, &self.device)?;
         let mut means = Vec::new();
-        for start in (0..images.dim(0)?).step_by(VAE_CHUNK_FRAMES) {
-            let count = VAE_CHUNK_FRAMES.min(images.dim(0)? - start);
-            means.push(self.vae.encode(&images.narrow(0, start, count)?)?.mean);
-        }
+        for_each_vae_chunk(
+            images.dim(0)?,
+            images.device().is_cpu(),
+            |start, count| Ok(self.vae.encode(&images.narrow(0, start, count)?)?.mean),
+            |_, _, mean| {
+                means.push(mean);
+                Ok(())
+            },
+        )?;
         let latents = (Tensor::cat(&means, 0)? * self.vae.config().scaling_factor)?;
         Ok(frames_to_video(&latents, 1)?)
     }
@@ -348,39 +353,24 @@ impl TextToVideoPipeline {
         on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<Video, ModelError> {
         let total = latents.dim(2)?;
-        let decode_chunk = |start: usize| -> Result<Video, ModelError> {
-            let count = VAE_CHUNK_FRAMES.min(total - start);
-            let images = self
-                .vae
-                .decode_video(&latents.narrow(2, start, count)?, count)?;
-            Ok(frames::rgb_frames(&images)?)
-        };
-        // On the CPU two chunks decode side by side, one per thread: the default model's small
-        // convolutions keep two threads busier that way than by splitting each one (BENCHMARKS.md).
-        let side_by_side = latents.device().is_cpu() && rayon::current_num_threads() > 1;
-        let chunks_at_once = if side_by_side { 2 } else { 1 };
         let mut video: Option<Video> = None;
-        let starts: Vec<usize> = (0..total).step_by(VAE_CHUNK_FRAMES).collect();
-        for group in starts.chunks(chunks_at_once) {
-            let decoded = match group {
-                [first, second] => {
-                    let (a, b) = rayon::join(|| decode_chunk(*first), || decode_chunk(*second));
-                    vec![a?, b?]
-                }
-                _ => group
-                    .iter()
-                    .map(|&start| decode_chunk(start))
-                    .collect::<Result<_, _>>()?,
-            };
-            for (chunk, &start) in decoded.into_iter().zip(group) {
+        for_each_vae_chunk(
+            total,
+            latents.device().is_cpu(),
+            |start, count| {
+                let images = self
+                    .vae
+                    .decode_video(&latents.narrow(2, start, count)?, count)?;
+                Ok(frames::rgb_frames(&images)?)
+            },
+            |start, count, chunk| {
                 match video.as_mut() {
                     Some(video) => video.frames.extend(chunk.frames),
                     None => video = Some(chunk),
                 }
-                let count = VAE_CHUNK_FRAMES.min(total - start);
-                report(on_progress, Stage::Decoding, start + count, total)?;
-            }
-        }
+                report(on_progress, Stage::Decoding, start + count, total)
+            },
+        )?;
         video.ok_or_else(|| {
             ModelError::invalid_params("num_frames", "there are no frames to decode")
         })
@@ -427,6 +417,38 @@ impl TextToVideoPipeline {
 }
 
 /// Reports progress; `Break` becomes [`ModelError::Cancelled`].
+/// `work(start, count)` for every chunk of up to [`VAE_CHUNK_FRAMES`] of `total` frames, each
+/// result handed to `take(start, count, result)` in frame order. On the CPU two chunks run side by
+/// side, one per thread: the default model's small VAE convolutions keep two threads busier that
+/// way than split over both (BENCHMARKS.md); the results are the same.
+fn for_each_vae_chunk<T: Send>(
+    total: usize,
+    on_cpu: bool,
+    work: impl Fn(usize, usize) -> Result<T, ModelError> + Sync,
+    mut take: impl FnMut(usize, usize, T) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
+    let side_by_side = on_cpu && rayon::current_num_threads() > 1;
+    let count = |start: usize| VAE_CHUNK_FRAMES.min(total - start);
+    let starts: Vec<usize> = (0..total).step_by(VAE_CHUNK_FRAMES).collect();
+    for group in starts.chunks(if side_by_side { 2 } else { 1 }) {
+        let results = match *group {
+            [first, second] => {
+                let (a, b) =
+                    rayon::join(|| work(first, count(first)), || work(second, count(second)));
+                vec![a?, b?]
+            }
+            _ => group
+                .iter()
+                .map(|&start| work(start, count(start)))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        for (result, &start) in results.into_iter().zip(group) {
+            take(start, count(start), result)?;
+        }
+    }
+    Ok(())
+}
+
 fn report(
     on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
     stage: Stage,
