@@ -125,7 +125,7 @@ impl Server {
         let catalog = Arc::new(build_catalog(parts.provider.models(), settings.models.default.as_deref())?);
         let hub = EventHub::new();
         let deliveries = Deliverer::start(storage.store.clone(), &settings.webhooks, parts.webhook_retry.clone());
-        let notifier = JobNotifier { hub: hub.clone() };
+        let notifier = JobNotifier::new(hub.clone());
         let metrics = Arc::new(AppMetrics::new());
         let draining = Arc::new(AtomicBool::new(false));
         let admission = AdmissionSettings {
@@ -206,7 +206,7 @@ impl WorkerProcess {
     pub async fn start(settings: &Settings, parts: AppParts) -> anyhow::Result<WorkerProcess> {
         let storage = Storage::open(settings).await?;
         let deliveries = Deliverer::start(storage.store.clone(), &settings.webhooks, parts.webhook_retry.clone());
-        let notifier = JobNotifier { hub: EventHub::new() };
+        let notifier = JobNotifier::new(EventHub::new());
         let context = worker_context(settings, &storage, &parts, notifier, None);
         let mut devices = settings.worker_devices();
         if devices.is_empty() {

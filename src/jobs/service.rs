@@ -135,7 +135,7 @@ impl JobService {
         let new_job = new_job(owner, &spec, now);
         match self.store.create_job(new_job, claim.clone()).await.map_err(store_error)? {
             CreateOutcome::Created(record) => {
-                self.notifier.job_changed(record.id);
+                self.notifier.job_queued(record.id);
                 Ok(Submitted::Created(self.render(&record).await?))
             }
             // Another request with the same key won the race.

@@ -100,15 +100,18 @@ impl WorkerPool {
     }
 }
 
-/// Sleeps up to `duration`, waking early when claiming stops.
-fn idle(control: &WorkerControl, duration: Duration) {
-    let deadline = Instant::now() + duration;
-    while !control.stop_claiming.load(Ordering::SeqCst) {
+/// Waits up to the poll interval, waking early when claiming stops or when this process queues a
+/// job after `queued_reading` was taken (jobs queued by other processes wait for the next poll).
+fn idle(context: &WorkerContext, queued_reading: u64) {
+    let deadline = Instant::now() + context.poll_interval;
+    while !context.control.stop_claiming.load(Ordering::SeqCst) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return;
         }
-        std::thread::sleep(left.min(Duration::from_millis(50)));
+        if context.notifier.queued.wait_past(queued_reading, left.min(Duration::from_millis(50))) {
+            return;
+        }
     }
 }
 
@@ -125,12 +128,14 @@ fn worker_loop(context: &WorkerContext, worker_id: &str, device: &str) {
             recover_expired_leases(context);
             last_sweep = Some(Instant::now());
         }
+        // Read before claiming, so that a job queued after an empty claim still ends the wait.
+        let queued_reading = context.notifier.queued.reading();
         match context.runtime.block_on(context.store.claim_next(worker_id, now_millis(), lease_ms)) {
             Ok(Some(job)) => runner::Runner { context, worker: worker_id, device, backends: &mut backends }.run(job),
-            Ok(None) => idle(&context.control, context.poll_interval),
+            Ok(None) => idle(context, queued_reading),
             Err(error) => {
                 tracing::warn!(worker = worker_id, %error, "claiming failed");
-                idle(&context.control, context.poll_interval);
+                idle(context, queued_reading);
             }
         }
     }
@@ -148,6 +153,10 @@ pub fn recover_expired_leases(context: &WorkerContext) {
     };
     for job in recovered {
         tracing::warn!(job = %job.id, status = %job.new_status, "recovered a job whose lease expired");
-        context.notifier.job_changed(job.id);
+        if job.new_status == crate::api::JobStatus::Queued {
+            context.notifier.job_queued(job.id);
+        } else {
+            context.notifier.job_changed(job.id);
+        }
     }
 }
