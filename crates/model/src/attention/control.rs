@@ -156,6 +156,12 @@ pub trait AttentionControl {
         false
     }
 
+    /// False for an observe-only controller that records nothing (statistics switched off): calls
+    /// run outside `attend` then need no measuring, and none are handed over.
+    fn records_statistics(&self) -> bool {
+        true
+    }
+
     /// Records the statistics of one call that ran the default attention outside `attend` (the
     /// model's fused CPU path, or separate passes whose calls were pooled in batch order, as the
     /// batched call would have produced them; `roles`: the whole batch's).

@@ -215,6 +215,10 @@ impl AttentionControl for StatsRecorder {
         true
     }
 
+    fn records_statistics(&self) -> bool {
+        self.mode != RecordMode::Off
+    }
+
     fn observe(&mut self, step: &StepInfo, roles: &[BatchRole], call: ObservedCall) -> Result<()> {
         self.record(&call.site, step, roles, call.heads, &call.stats)
     }

@@ -224,7 +224,9 @@ fn predict_branches_side_by_side(
     roles: &[BatchRole],
     control: Option<&mut dyn AttentionControl>,
 ) -> candle_core::Result<Tensor> {
-    let observe = control.is_some();
+    let observe = control
+        .as_ref()
+        .is_some_and(|control| control.records_statistics());
     let branch = |index: usize| -> candle_core::Result<(Tensor, Vec<ObservedCall>)> {
         let mut observer = CallObserver::default();
         let output = {

@@ -1,7 +1,7 @@
 //! diffusers' `Attention` (with `AttnProcessor2_0`), GEGLU `FeedForward` and
 //! `BasicTransformerBlock`, each attention module being a named site.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::attention::cpu_softmax::{packed_softmax_attention, PackedMaps};
@@ -54,6 +54,16 @@ enum Projections {
     SelfAttention { qkv: Linear },
     /// `to_q` on the queries; `to_k`, `to_v` stacked on the text: `[2·inner, context_dim]`.
     Cross { q: Linear, kv: Linear },
+}
+
+/// One call's projections, heads side by side: for self-attention `queries` and
+/// `keys_and_values` are the same stacked `[N, S, 3·inner]` tensor; for cross-attention the
+/// queries are `[B·G, S, inner]` and the text's keys and values `[B, L, 2·inner]`, shared by the
+/// `groups` consecutive rows of each batch item.
+struct Projected {
+    queries: Tensor,
+    keys_and_values: Tensor,
+    groups: usize,
 }
 
 /// Sizes and naming of an attention module.
@@ -109,27 +119,18 @@ impl Attention {
         batch: usize,
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
-        if let Some(out) = self.fused_default_attention(x, text, batch, ctx)? {
+        let projected = self.project(x, text, batch)?;
+        if let Some(out) = self.fused_default_attention(&projected, ctx)? {
             return per_item(&out, batch, |x| self.to_out.forward(x));
         }
-        let rows = x.dim(0)?;
-        let (q, k, v) = match &self.projections {
-            Projections::SelfAttention { qkv } => {
-                let qkv = self.split_heads(&per_item(x, batch, |x| qkv.forward(x))?, 3, 1)?;
+        let (q, k, v) = match self.projections {
+            Projections::SelfAttention { .. } => {
+                let qkv = self.split_heads(&projected.queries, 3, 1)?;
                 (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?)
             }
-            Projections::Cross { q, kv } => {
-                let Some(text) = text else {
-                    candle_core::bail!("{} needs text states", self.site.id)
-                };
-                if batch == 0 || rows % batch != 0 {
-                    candle_core::bail!("{}: {rows} rows for a batch of {batch}", self.site.id)
-                }
-                let q = self
-                    .split_heads(&per_item(x, batch, |x| q.forward(x))?, 1, 1)?
-                    .get(0)?;
-                let kv =
-                    self.split_heads(&per_item(text, batch, |t| kv.forward(t))?, 2, rows / batch)?;
+            Projections::Cross { .. } => {
+                let q = self.split_heads(&projected.queries, 1, 1)?.get(0)?;
+                let kv = self.split_heads(&projected.keys_and_values, 2, projected.groups)?;
                 (q, kv.get(0)?, kv.get(1)?)
             }
         };
@@ -163,6 +164,34 @@ impl Attention {
         per_item(&self.merge_heads(&out)?, batch, |x| self.to_out.forward(x))
     }
 
+    /// The projections of `x` (and, for cross-attention, of the text), one batch item at a time.
+    fn project(&self, x: &Tensor, text: Option<&Tensor>, batch: usize) -> Result<Projected> {
+        match &self.projections {
+            Projections::SelfAttention { qkv } => {
+                let stacked = per_item(x, batch, |x| qkv.forward(x))?;
+                Ok(Projected {
+                    queries: stacked.clone(),
+                    keys_and_values: stacked,
+                    groups: 1,
+                })
+            }
+            Projections::Cross { q, kv } => {
+                let Some(text) = text else {
+                    candle_core::bail!("{} needs text states", self.site.id)
+                };
+                let rows = x.dim(0)?;
+                if batch == 0 || rows % batch != 0 {
+                    candle_core::bail!("{}: {rows} rows for a batch of {batch}", self.site.id)
+                }
+                Ok(Projected {
+                    queries: per_item(x, batch, |x| q.forward(x))?,
+                    keys_and_values: per_item(text, batch, |t| kv.forward(t))?,
+                    groups: rows / batch,
+                })
+            }
+        }
+    }
+
     /// The default attention of this call with its heads merged (`[B*G, S, heads·d]`), computed
     /// by the CPU kernel straight from the projections' outputs — no copies to split the heads,
     /// repeat the text per frame or merge the heads back — when there is no controller or one
@@ -171,38 +200,15 @@ impl Attention {
     /// maps, or the tensors are not f32 on the CPU: the caller then takes the general path.
     fn fused_default_attention(
         &self,
-        x: &Tensor,
-        text: Option<&Tensor>,
-        batch: usize,
+        projected: &Projected,
         ctx: &mut ForwardCtx,
     ) -> Result<Option<Tensor>> {
         let measure = match ctx.control.as_ref() {
             None => false,
-            Some(control) if control.observes_only() => true,
+            Some(control) if control.observes_only() => control.records_statistics(),
             Some(_) => return Ok(None),
         };
-        let rows = x.dim(0)?;
-        if !x.device().is_cpu() || x.dtype() != DType::F32 || batch == 0 || rows % batch != 0 {
-            return Ok(None);
-        }
-        let (head_dim, inner) = (self.head_dim, self.heads * self.head_dim);
-        let (queries, keys_and_values, groups) = match &self.projections {
-            Projections::SelfAttention { qkv } => {
-                let packed = per_item(x, batch, |x| qkv.forward(x))?;
-                (packed.clone(), packed, 1)
-            }
-            Projections::Cross { q, kv } => {
-                let Some(text) = text else {
-                    candle_core::bail!("{} needs text states", self.site.id)
-                };
-                let queries = per_item(x, batch, |x| q.forward(x))?;
-                (
-                    queries,
-                    per_item(text, batch, |t| kv.forward(t))?,
-                    rows / batch,
-                )
-            }
-        };
+        let inner = self.heads * self.head_dim;
         // Self-attention's keys follow its queries in the stacked projection; cross-attention's
         // queries and keys come from separate ones. Values follow the keys in both.
         let k_offset = match self.projections {
@@ -210,17 +216,18 @@ impl Attention {
             Projections::Cross { .. } => 0,
         };
         let maps = PackedMaps {
-            q: &queries,
-            k: &keys_and_values,
-            v: &keys_and_values,
+            q: &projected.queries,
+            k: &projected.keys_and_values,
+            v: &projected.keys_and_values,
             q_offset: 0,
             k_offset,
             v_offset: k_offset + inner,
             heads: self.heads,
-            depth: head_dim,
-            value_depth: head_dim,
-            groups,
+            depth: self.head_dim,
+            value_depth: self.head_dim,
+            groups: projected.groups,
         };
+        // `None` (not f32 on the CPU, or shapes it does not take) leaves the call to the caller.
         let Some(output) = packed_softmax_attention(&maps, self.scale, measure)? else {
             return Ok(None);
         };
@@ -233,8 +240,8 @@ impl Attention {
                 stats: MapStats {
                     entropy_sums,
                     energies,
-                    queries: queries.dim(1)?,
-                    keys: keys_and_values.dim(1)?,
+                    queries: projected.queries.dim(1)?,
+                    keys: projected.keys_and_values.dim(1)?,
                 },
             };
             control.observe(&ctx.step, &ctx.batch_roles, call)?;
