@@ -1,0 +1,126 @@
+"""Times one diffusion training step of train.py's design in several variants, side by side in one
+process, and prints steps/s for each (and, with --profile, the GPU kernels that take the time).
+
+    python3 tools/train/bench_step.py --batch 1024 --steps 15 --variants eager cached_text compiled
+
+Variants:
+  eager        what train.py does: the (frozen) text encoder runs on every batch, eager UNet
+  cached_text  the frozen text encoder's output computed once per prompt and looked up
+  compiled     cached_text with torch.compile on the UNet (compile time reported apart)
+
+Latents and prompts are random: the step's cost does not depend on their values.
+"""
+import argparse
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import components
+from train import Ema, REPO_ROOT
+
+SMALL_DESIGN = dict(vae_channels=[16, 32, 64, 64], vae_norm_groups=8, unet_channels=[16, 32, 64],
+                    unet_layers_per_block=1, unet_heads=4, unet_norm_groups=8, text_hidden=128,
+                    text_layers=4, text_heads=4, zero_terminal_snr=True)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--steps", type=int, default=15, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--prompts", type=int, default=2048, help="distinct prompts in the cache")
+    p.add_argument("--variants", nargs="+", default=["eager", "cached_text", "compiled"])
+    p.add_argument("--profile", action="store_true", help="print the top GPU kernels of `eager`")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
+        else contextlib.nullcontext
+    torch.manual_seed(0)
+    arch = components.Architecture(**SMALL_DESIGN)
+    grammar = json.loads((REPO_ROOT / "world" / "grammar.json").read_text())
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = components.write_tokenizer(Path(tmp), grammar)
+    text_encoder = components.build_text_encoder(arch, vocab).to(device).eval().requires_grad_(False)
+    sample_side = components.MODEL_INFO["default_width"] // components.downsampling(arch.vae_channels)
+    ids = torch.randint(1, len(vocab), (args.prompts, 77), device=device)
+    with torch.no_grad(), autocast():
+        cached_text = text_encoder(ids)[0]
+    scheduler = components.build_training_scheduler(arch.zero_terminal_snr)
+
+    def run(variant: str) -> dict:
+        torch.manual_seed(0)
+        unet = components.build_unet(arch, arch.text_hidden).to(device).train()
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, fused=device.type == "cuda")
+        ema = Ema({"unet": unet}, 0.999)
+        model = torch.compile(unet) if variant == "compiled" else unet
+
+        def step():
+            prompt = torch.randint(0, args.prompts, (args.batch,), device=device)
+            latents = torch.randn(args.batch, 4, args.frames, sample_side, sample_side, device=device)
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(0, 1000, (args.batch,), device=device)
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+            with autocast():
+                if variant == "eager":
+                    with torch.no_grad():
+                        text = text_encoder(ids[prompt])[0]
+                else:
+                    text = cached_text[prompt]
+                prediction = model(noisy, timesteps, encoder_hidden_states=text).sample
+            loss = torch.nn.functional.mse_loss(prediction.float(),
+                                                components.denoising_target(scheduler, latents, noise, timesteps))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            optimizer.step()
+            ema.update({"unet": unet})
+
+        def synced():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        started = synced()
+        for _ in range(args.warmup):
+            step()
+        warmup_s = synced() - started
+        started = synced()
+        for _ in range(args.steps):
+            step()
+        seconds = synced() - started
+        result = {"variant": variant, "batch": args.batch, "frames": args.frames,
+                  "steps_per_s": round(args.steps / seconds, 3),
+                  "clips_per_s": round(args.steps * args.batch / seconds, 1),
+                  "warmup_s": round(warmup_s, 1)}
+        if device.type == "cuda":
+            result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+            torch.cuda.reset_peak_memory_stats()
+        if args.profile and variant == "eager":
+            from torch.profiler import ProfilerActivity, profile
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    step()
+                synced()
+            print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20), flush=True)
+        return result
+
+    for variant in args.variants:
+        print(json.dumps(run(variant)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
