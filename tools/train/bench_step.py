@@ -4,8 +4,9 @@ process, and prints steps/s for each (and, with --profile, the GPU kernels that 
     python3 tools/train/bench_step.py --batch 1024 --steps 15 --variants eager cached_text compiled
 
 Variants:
-  eager        what train.py does: the (frozen) text encoder runs on every batch, eager UNet
-  cached_text  the frozen text encoder's output computed once per prompt and looked up
+  eager        the (frozen) text encoder runs on every batch, eager UNet (train.py before
+               FrozenTextStates)
+  cached_text  the frozen text encoder's output computed once per prompt and looked up (train.py)
   compiled     cached_text with torch.compile on the UNet (compile time reported apart)
 
 Latents and prompts are random: the step's cost does not depend on their values.

@@ -450,6 +450,23 @@ def motion_balancing_weights(prompts: list[str], grammar: dict) -> torch.Tensor:
     return torch.tensor([1.0 / counts[w] for w in motion_of], dtype=torch.float64)
 
 
+class FrozenTextStates:
+    """The frozen text encoder's output for every distinct prompt of the training set, computed
+    once: the encoder is fixed, so running it on every batch (1024 prompts of 77 tokens) repeats
+    the same work each step. `lookup` returns what `text_encoder(ids)[0]` gives for the batch."""
+
+    def __init__(self, text_encoder, input_ids: torch.Tensor, empty_ids: torch.Tensor, autocast,
+                 chunk: int = 4096):
+        distinct, self.prompt_index = torch.unique(input_ids, dim=0, return_inverse=True)
+        with torch.no_grad(), autocast():
+            self.states = torch.cat([text_encoder(distinct[start:start + chunk])[0]
+                                     for start in range(0, len(distinct), chunk)])
+            self.empty = text_encoder(empty_ids[None])[0][0]
+
+    def lookup(self, clip: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+        return torch.where(dropped[:, None, None], self.empty[None], self.states[self.prompt_index[clip]])
+
+
 def diffusion_modules(unet, text_encoder, freeze_text_encoder: bool) -> dict[str, torch.nn.Module]:
     """The modules the diffusion stage trains (and averages, and ships the average of)."""
     if freeze_text_encoder:
@@ -472,6 +489,8 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
     unet.train()
     if "text_encoder" in trained:
         text_encoder.train()
+    frozen_text = None if "text_encoder" in trained else FrozenTextStates(
+        text_encoder, input_ids, empty_ids, autocast)
     window = ProgressWindow()
     last_log = last_checkpoint = time.monotonic()
     with attention_backends(device):
@@ -483,7 +502,6 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
             if torch.rand((), generator=generator).item() < args.short_clip_fraction:
                 latents = latents[:, :, ::2]
             dropped = torch.rand(args.batch, generator=generator).to(device) < args.prompt_dropout
-            ids = torch.where(dropped[:, None], empty_ids[None, :], input_ids[clip])
             noise = torch.randn_like(latents)
             timesteps = sample_timesteps(args.batch, num_timesteps, args.high_noise_fraction,
                                          generator).to(device)
@@ -494,8 +512,10 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast():
-                with torch.set_grad_enabled("text_encoder" in trained):
-                    text = text_encoder(ids)[0]
+                if frozen_text is not None:
+                    text = frozen_text.lookup(clip, dropped)
+                else:
+                    text = text_encoder(torch.where(dropped[:, None], empty_ids[None, :], input_ids[clip]))[0]
                 prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
             loss = denoising_loss(prediction.float(),
                                   components.denoising_target(noise_scheduler, latents, noise, timesteps),
