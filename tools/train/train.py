@@ -115,6 +115,9 @@ def parse_args() -> argparse.Namespace:
                         "and unbalanced runs drifted towards the commonest one)")
     p.add_argument("--short-clip-fraction", type=float, default=0.25,
                    help="share of batches trained at half the frames (every other frame)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the diffusion stage's UNet through torch.compile (one graph per clip "
+                        "length: 16 and, with --short-clip-fraction, 8 frames); see bench_step.py")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--decay-fraction", type=float, default=0.2)
@@ -489,6 +492,9 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
     unet.train()
     if "text_encoder" in trained:
         text_encoder.train()
+    # The compiled module shares the UNet's parameters: the optimizer, EMA and checkpoints keep
+    # using `unet` itself.
+    denoiser = torch.compile(unet, dynamic=False) if args.compile else unet
     frozen_text = None if "text_encoder" in trained else FrozenTextStates(
         text_encoder, input_ids, empty_ids, autocast)
     window = ProgressWindow()
@@ -516,7 +522,7 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
                     text = frozen_text.lookup(clip, dropped)
                 else:
                     text = text_encoder(torch.where(dropped[:, None], empty_ids[None, :], input_ids[clip]))[0]
-                prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
+                prediction = denoiser(noisy, timesteps, encoder_hidden_states=text).sample
             loss = denoising_loss(prediction.float(),
                                   components.denoising_target(noise_scheduler, latents, noise, timesteps),
                                   object_paths[clip], args.object_loss_weight,
