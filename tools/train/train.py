@@ -549,6 +549,20 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
 # ----------------------------------------------------------------------------------------------
 
 
+def configure_device(device: torch.device):
+    """Sets the CUDA math modes training uses and returns its autocast context factory (bf16 on
+    CUDA, nothing on the CPU)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    # The convolutions have 4-64 channels, shapes cuDNN's default heuristics are not tuned
+    # for; each shape (a few: VAE frames, 16- and 8-frame clips) is timed once and its
+    # fastest algorithm kept.
+    torch.backends.cudnn.benchmark = True
+    return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+
+
 def main() -> None:
     args = parse_args()
     started = time.monotonic()
@@ -559,19 +573,7 @@ def main() -> None:
     log = RunLog((args.log or out.with_name(out.name + ".log.json")).resolve(), args)
     grammar = json.loads(args.grammar.read_text())
     torch.manual_seed(args.seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        # The convolutions have 4-64 channels, shapes cuDNN's default heuristics are not tuned
-        # for; each shape (a few: VAE frames, 16- and 8-frame clips) is timed once and its
-        # fastest algorithm kept.
-        torch.backends.cudnn.benchmark = True
-
-    def autocast():
-        if device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
+    autocast = configure_device(device)
     clips = load_clips(args.data)
     log.event(stage="data", clips=len(clips), shape=list(clips.videos.shape))
     with tempfile.TemporaryDirectory() as tmp:
