@@ -7,7 +7,13 @@ Variants:
   eager        the (frozen) text encoder runs on every batch, eager UNet (train.py before
                FrozenTextStates)
   cached_text  train.py's FrozenTextStates: the frozen encoder run once per distinct prompt
-  compiled     cached_text with torch.compile on the UNet (compile time reported apart)
+  cached_math  cached_text with PyTorch's composite (math) attention (train.py --attention math)
+  compiled     cached_text with torch.compile on the UNet (train.py --compile; compile time in
+               warmup_s)
+  compiled_math  both (train.py --compile --attention math)
+  cached_conv2d, compiled_conv2d  temporal convolutions as 2-D ones (train.py --temporal-conv2d)
+
+Attention kernels are chosen as train.py does (attention_backends).
 
 Latents and prompts are random: the step's cost does not depend on their values.
 """
@@ -20,7 +26,7 @@ from pathlib import Path
 import torch
 
 import components
-from train import REPO_ROOT, Ema, FrozenTextStates, configure_device
+from train import REPO_ROOT, Ema, FrozenTextStates, attention_backends, configure_device, run_temporal_convs_as_2d
 
 SMALL_DESIGN = dict(vae_channels=[16, 32, 64, 64], vae_norm_groups=8, unet_channels=[16, 32, 64],
                     unet_layers_per_block=1, unet_heads=4, unet_norm_groups=8, text_hidden=128,
@@ -34,8 +40,11 @@ def parse_args():
     p.add_argument("--steps", type=int, default=15, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--prompts", type=int, default=2048, help="distinct prompts in the cache")
-    p.add_argument("--variants", nargs="+", default=["eager", "cached_text", "compiled"])
-    p.add_argument("--profile", action="store_true", help="print the top GPU kernels of `eager`")
+    p.add_argument("--variants", nargs="+", default=["eager", "cached_text", "compiled"],
+                   choices=["eager", "cached_text", "cached_math", "cached_conv2d", "compiled", "compiled_math",
+                            "compiled_conv2d"])
+    p.add_argument("--profile", nargs="*", default=[], metavar="VARIANT",
+                   help="variants whose top GPU kernels to print")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p.parse_args()
 
@@ -62,7 +71,10 @@ def main():
         unet = components.build_unet(arch, arch.text_hidden).to(device).train()
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, fused=device.type == "cuda")
         ema = Ema({"unet": unet}, 0.999)
-        model = torch.compile(unet, dynamic=False) if variant == "compiled" else unet  # as train.py
+        if "conv2d" in variant:
+            run_temporal_convs_as_2d(unet)
+        model = torch.compile(unet, dynamic=False) if variant.startswith("compiled") else unet  # as train.py
+        attention = "math" if variant.endswith("_math") else "efficient"
 
         def step():
             prompt = torch.randint(0, args.prompts, (args.batch,), device=device)
@@ -71,7 +83,7 @@ def main():
             noise = torch.randn_like(latents)
             timesteps = torch.randint(0, 1000, (args.batch,), device=device)
             noisy = scheduler.add_noise(latents, noise, timesteps)
-            with autocast():
+            with autocast(), attention_backends(device, attention):
                 if variant == "eager":
                     with torch.no_grad():
                         text = text_encoder(torch.where(dropped[:, None], empty_ids[None, :], ids[prompt]))[0]
@@ -106,13 +118,14 @@ def main():
         if device.type == "cuda":
             result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
             torch.cuda.reset_peak_memory_stats()
-        if args.profile and variant == "eager":
+        if variant in args.profile:
             from torch.profiler import ProfilerActivity, profile
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            on_gpu = device.type == "cuda"
+            with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
                 for _ in range(3):
                     step()
                 synced()
-            print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20), flush=True)
+            print(prof.key_averages().table(sort_by="self_cuda_time_total" if on_gpu else "self_cpu_time_total", row_limit=30), flush=True)
         return result
 
     for variant in args.variants:

@@ -115,6 +115,11 @@ def parse_args() -> argparse.Namespace:
                         "and unbalanced runs drifted towards the commonest one)")
     p.add_argument("--short-clip-fraction", type=float, default=0.25,
                    help="share of batches trained at half the frames (every other frame)")
+    p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="efficient",
+                   help="attention kernels of the diffusion stage on CUDA (see attention_backends)")
+    p.add_argument("--temporal-conv2d", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the UNet's temporal (k,1,1) convolutions as 2-D ones (same weights; "
+                        "see run_temporal_convs_as_2d)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="run the diffusion stage's UNet through torch.compile (one graph per clip "
                         "length: 16 and, with --short-clip-fraction, 8 frames); see bench_step.py")
@@ -431,15 +436,45 @@ def sample_timesteps(count: int, num_timesteps: int, high_noise_fraction: float,
 # stage 2: UNet + text encoder
 
 
-def attention_backends(device):
-    """On CUDA, leave out the flash kernels: with these short sequences (16 frames, 64 positions,
-    77 tokens) and head sizes of 8-32 they waste most of their tiles; measured on an H200, a step
-    at batch 256 takes 265 ms with the memory-efficient kernels and 387 ms with flash."""
+ATTENTION_BACKENDS = ("efficient", "math")
+
+
+def attention_backends(device, choice: str = "efficient"):
+    """The scaled-dot-product attention kernels the diffusion stage may use on CUDA. `efficient`
+    leaves out the flash kernels: with these short sequences (16 frames, 64 positions, 77 tokens)
+    and head sizes of 4-32 they waste most of their tiles; measured on an H200, a step at batch 256
+    takes 265 ms with the memory-efficient kernels and 387 ms with flash. `math` is PyTorch's
+    composite of matmuls and softmax, which torch.compile can fuse with its neighbours."""
     if device.type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    if choice == "math":
+        return sdpa_kernel([SDPBackend.MATH])
     return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def run_temporal_convs_as_2d(unet: torch.nn.Module) -> int:
+    """Makes every temporal convolution of the UNet (a Conv3d whose kernel is (k, 1, 1): it mixes
+    frames only) run as the equivalent Conv2d over [channels, frames, height * width], with the
+    same parameters, so the state dict and the shipped weights do not change. Returns how many
+    were switched. cuDNN's 3-D kernels for these few channels are the suspect in the diffusion
+    step's time (bench_step.py's `conv2d` variants measure it)."""
+    switched = 0
+    for module in unet.modules():
+        if (isinstance(module, torch.nn.Conv3d) and module.kernel_size[1:] == (1, 1)
+                and module.stride == (1, 1, 1) and module.dilation == (1, 1, 1) and module.groups == 1
+                and module.padding[1:] == (0, 0) and module.padding_mode == "zeros"):
+            module.forward = _temporal_conv_as_2d.__get__(module)
+            switched += 1
+    return switched
+
+
+def _temporal_conv_as_2d(conv: torch.nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    batch, channels, frames, height, width = x.shape
+    y = F.conv2d(x.reshape(batch, channels, frames, height * width), conv.weight.squeeze(-1), conv.bias,
+                 padding=(conv.padding[0], 0))
+    return y.reshape(batch, y.shape[1], y.shape[2], height, width)
 
 
 def motion_balancing_weights(prompts: list[str], grammar: dict) -> torch.Tensor:
@@ -494,12 +529,14 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
         text_encoder.train()
     # The compiled module shares the UNet's parameters: the optimizer, EMA and checkpoints keep
     # using `unet` itself.
+    if args.temporal_conv2d:
+        log.event(stage="diffusion", temporal_convs_as_2d=run_temporal_convs_as_2d(unet))
     denoiser = torch.compile(unet, dynamic=False) if args.compile else unet
     frozen_text = None if "text_encoder" in trained else FrozenTextStates(
         text_encoder, input_ids, empty_ids, autocast)
     window = ProgressWindow()
     last_log = last_checkpoint = time.monotonic()
-    with attention_backends(device):
+    with attention_backends(device, args.attention):
         while not clock.done(state.unet_step):
             clip = torch.multinomial(clip_weights, args.batch, replacement=True,
                                      generator=generator).to(latent_mean.device)
