@@ -12,6 +12,7 @@ Variants:
                warmup_s)
   compiled_math  both (train.py --compile --attention math)
   cached_conv2d, compiled_conv2d  temporal convolutions as 2-D ones (train.py --temporal-conv2d)
+  vae, vae_compiled  a step of the VAE stage (--vae-batch frames; its loss through torch.compile)
 
 Attention kernels are chosen as train.py does (attention_backends).
 
@@ -26,7 +27,8 @@ from pathlib import Path
 import torch
 
 import components
-from train import REPO_ROOT, Ema, FrozenTextStates, attention_backends, configure_device, run_temporal_convs_as_2d
+from train import (REPO_ROOT, Ema, FrozenTextStates, attention_backends, configure_device,
+                   run_temporal_convs_as_2d, vae_loss)
 
 SMALL_DESIGN = dict(vae_channels=[16, 32, 64, 64], vae_norm_groups=8, unet_channels=[16, 32, 64],
                     unet_layers_per_block=1, unet_heads=4, unet_norm_groups=8, text_hidden=128,
@@ -37,12 +39,13 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--vae-batch", type=int, default=256, help="frames per step of the vae variants")
     p.add_argument("--steps", type=int, default=15, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--prompts", type=int, default=2048, help="distinct prompts in the cache")
     p.add_argument("--variants", nargs="+", default=["eager", "cached_text", "compiled"],
                    choices=["eager", "cached_text", "cached_math", "cached_conv2d", "compiled", "compiled_math",
-                            "compiled_conv2d"])
+                            "compiled_conv2d", "vae", "vae_compiled"])
     p.add_argument("--profile", nargs="*", default=[], metavar="VARIANT",
                    help="variants whose top GPU kernels to print")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -66,8 +69,59 @@ def main():
     frozen_text = FrozenTextStates(text_encoder, ids, empty_ids, autocast)
     scheduler = components.build_training_scheduler(arch.zero_terminal_snr)
 
+    def synced():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def timed(variant: str, step, batch: int) -> dict:
+        started = synced()
+        for _ in range(args.warmup):
+            step()
+        warmup_s = synced() - started
+        started = synced()
+        for _ in range(args.steps):
+            step()
+        seconds = synced() - started
+        result = {"variant": variant, "batch": batch, "frames": args.frames,
+                  "steps_per_s": round(args.steps / seconds, 3),
+                  "items_per_s": round(args.steps * batch / seconds, 1),
+                  "warmup_s": round(warmup_s, 1)}
+        if device.type == "cuda":
+            result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+            torch.cuda.reset_peak_memory_stats()
+        if variant in args.profile:
+            from torch.profiler import ProfilerActivity, profile
+            on_gpu = device.type == "cuda"
+            with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
+                for _ in range(3):
+                    step()
+                synced()
+            print(prof.key_averages().table(sort_by="self_cuda_time_total" if on_gpu else "self_cpu_time_total",
+                                            row_limit=30), flush=True)
+        return result
+
+    def vae_step_function(variant: str):
+        """A VAE stage step of train.py on random frames (`vae`; `vae_compiled`: its loss through
+        torch.compile)."""
+        vae = components.build_vae(arch).to(device).train()
+        optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-4)
+        loss_of = torch.compile(vae_loss, dynamic=False) if variant == "vae_compiled" else vae_loss
+        side = components.MODEL_INFO["default_width"]
+
+        def step():
+            images = torch.rand(args.vae_batch, 3, side, side, device=device) * 2 - 1
+            loss, _ = loss_of(vae, images, 4.0, 1e-4, autocast)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            optimizer.step()
+        return step
+
     def run(variant: str) -> dict:
         torch.manual_seed(0)
+        if variant.startswith("vae"):
+            return timed(variant, vae_step_function(variant), args.vae_batch)
         unet = components.build_unet(arch, arch.text_hidden).to(device).train()
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, fused=device.type == "cuda")
         ema = Ema({"unet": unet}, 0.999)
@@ -98,35 +152,7 @@ def main():
             optimizer.step()
             ema.update({"unet": unet})
 
-        def synced():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter()
-
-        started = synced()
-        for _ in range(args.warmup):
-            step()
-        warmup_s = synced() - started
-        started = synced()
-        for _ in range(args.steps):
-            step()
-        seconds = synced() - started
-        result = {"variant": variant, "batch": args.batch, "frames": args.frames,
-                  "steps_per_s": round(args.steps / seconds, 3),
-                  "clips_per_s": round(args.steps * args.batch / seconds, 1),
-                  "warmup_s": round(warmup_s, 1)}
-        if device.type == "cuda":
-            result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
-            torch.cuda.reset_peak_memory_stats()
-        if variant in args.profile:
-            from torch.profiler import ProfilerActivity, profile
-            on_gpu = device.type == "cuda"
-            with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
-                for _ in range(3):
-                    step()
-                synced()
-            print(prof.key_averages().table(sort_by="self_cuda_time_total" if on_gpu else "self_cpu_time_total", row_limit=30), flush=True)
-        return result
+        return timed(variant, step, args.batch)
 
     for variant in args.variants:
         print(json.dumps(run(variant)), flush=True)

@@ -282,6 +282,19 @@ def object_weights(frames: torch.Tensor, object_weight: float) -> torch.Tensor:
     return 1.0 + object_weight * object_mask(frames).float()
 
 
+def vae_loss(vae, images: torch.Tensor, object_weight: float, kl_weight: float, autocast):
+    """The VAE stage's loss on a batch of frames in [-1, 1]: L1 + L2 with the object's pixels
+    weighted up, plus `kl_weight` x KL per latent element. Returns (loss, kl)."""
+    with autocast():
+        posterior = vae.encode(images).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+    weights = object_weights(images, object_weight)
+    error = recon.float() - images
+    pixel_loss = (weights * error.abs()).mean() + (weights * error.square()).mean()
+    kl = posterior.kl().float().mean() / posterior.mean[0].numel()
+    return pixel_loss + kl_weight * kl, kl
+
+
 def train_vae(args, state: TrainingState, vae, optimizer, videos: torch.Tensor, device, clock: StageClock,
               log: RunLog, autocast, on_checkpoint) -> None:
     count, frames_per_clip = videos.shape[0], videos.shape[1]
@@ -296,20 +309,11 @@ def train_vae(args, state: TrainingState, vae, optimizer, videos: torch.Tensor, 
             batch = videos[clip, frame].to(device, non_blocking=True)
         else:
             batch = videos[clip.to(device), frame.to(device)]
-        images = to_model_range(batch)
         lr = learning_rate(args.vae_lr, state.vae_step, clock.progress(state.vae_step),
                            args.warmup_steps, args.decay_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with autocast():
-            posterior = vae.encode(images).latent_dist
-            recon = vae.decode(posterior.sample()).sample
-        recon = recon.float()
-        weights = object_weights(images, args.vae_object_weight)
-        error = recon - images
-        pixel_loss = (weights * error.abs()).mean() + (weights * error.square()).mean()
-        kl = posterior.kl().float().mean() / posterior.mean[0].numel()
-        loss = pixel_loss + args.vae_kl_weight * kl
+        loss, kl = vae_loss(vae, to_model_range(batch), args.vae_object_weight, args.vae_kl_weight, autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
