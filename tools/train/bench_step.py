@@ -3,15 +3,17 @@ process, and prints steps/s for each (and, with --profile, the GPU kernels that 
 
     python3 tools/train/bench_step.py --batch 1024 --steps 15 --variants eager cached_text compiled
 
-Variants:
-  eager        the (frozen) text encoder runs on every batch, eager UNet (train.py before
-               FrozenTextStates)
-  cached_text  train.py's FrozenTextStates: the frozen encoder run once per distinct prompt
-  cached_math  cached_text with PyTorch's composite (math) attention (train.py --attention math)
-  compiled     cached_text with torch.compile on the UNet (train.py --compile; compile time in
-               warmup_s)
-  compiled_math  both (train.py --compile --attention math)
-  cached_conv2d, compiled_conv2d  temporal convolutions as 2-D ones (train.py --temporal-conv2d)
+Variants (the train.py options each one stands for in brackets):
+  eager            the (frozen) text encoder runs on every batch, eager UNet (train.py before
+                   FrozenTextStates)
+  cached_text      FrozenTextStates: the frozen encoder run once per distinct prompt (default)
+  cached_math      composite (math) attention only [--attention math]
+  cached_conv2d    temporal convolutions as 2-D ones [--temporal-conv2d]
+  cached_expand    x2 upsamplers by expand + reshape [--upsample-by-expand]
+  cached_bf16_attention  the math attention in bf16 [--bf16-attention-math]
+  cached_fast      cached_expand + cached_bf16_attention
+  compiled, compiled_math, compiled_conv2d, compiled_fast  the same through torch.compile
+                   [--compile]; compile time in warmup_s
   vae, vae_compiled  a step of the VAE stage (--vae-batch frames; its loss through torch.compile)
 
 Attention kernels are chosen as train.py does (attention_backends).
@@ -28,11 +30,28 @@ import torch
 
 import components
 from train import (REPO_ROOT, Ema, FrozenTextStates, attention_backends, configure_device,
-                   run_temporal_convs_as_2d, vae_loss)
+                   run_temporal_convs_as_2d, run_upsamplers_as_expand, set_attention_math_precision, vae_loss)
 
 SMALL_DESIGN = dict(vae_channels=[16, 32, 64, 64], vae_norm_groups=8, unet_channels=[16, 32, 64],
                     unet_layers_per_block=1, unet_heads=4, unet_norm_groups=8, text_hidden=128,
                     text_layers=4, text_heads=4, zero_terminal_snr=True)
+
+
+# What each diffusion variant turns on (see the docstring).
+DIFFUSION_VARIANTS = {
+    "eager": dict(cached_text=False),
+    "cached_text": dict(),
+    "cached_math": dict(attention="math"),
+    "cached_conv2d": dict(conv2d=True),
+    "cached_expand": dict(expand=True),
+    "cached_bf16_attention": dict(bf16_math=True),
+    "cached_fast": dict(expand=True, bf16_math=True),
+    "compiled": dict(compile=True),
+    "compiled_math": dict(compile=True, attention="math"),
+    "compiled_conv2d": dict(compile=True, conv2d=True),
+    "compiled_fast": dict(compile=True, expand=True, bf16_math=True),
+}
+VAE_VARIANTS = ("vae", "vae_compiled")
 
 
 def parse_args():
@@ -44,8 +63,7 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--prompts", type=int, default=2048, help="distinct prompts in the cache")
     p.add_argument("--variants", nargs="+", default=["eager", "cached_text", "compiled"],
-                   choices=["eager", "cached_text", "cached_math", "cached_conv2d", "compiled", "compiled_math",
-                            "compiled_conv2d", "vae", "vae_compiled"])
+                   choices=[*DIFFUSION_VARIANTS, *VAE_VARIANTS])
     p.add_argument("--profile", nargs="*", default=[], metavar="VARIANT",
                    help="variants whose top GPU kernels to print")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -120,15 +138,19 @@ def main():
 
     def run(variant: str) -> dict:
         torch.manual_seed(0)
-        if variant.startswith("vae"):
+        if variant in VAE_VARIANTS:
             return timed(variant, vae_step_function(variant), args.vae_batch)
+        features = DIFFUSION_VARIANTS[variant]
         unet = components.build_unet(arch, arch.text_hidden).to(device).train()
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, fused=device.type == "cuda")
         ema = Ema({"unet": unet}, 0.999)
-        if "conv2d" in variant:
+        if features.get("conv2d"):
             run_temporal_convs_as_2d(unet)
-        model = torch.compile(unet, dynamic=False) if variant.startswith("compiled") else unet  # as train.py
-        attention = "math" if variant.endswith("_math") else "efficient"
+        if features.get("expand"):
+            run_upsamplers_as_expand(unet)
+        set_attention_math_precision(device, features.get("bf16_math", False))
+        model = torch.compile(unet, dynamic=False) if features.get("compile") else unet  # as train.py
+        attention = features.get("attention", "efficient")
 
         def step():
             prompt = torch.randint(0, args.prompts, (args.batch,), device=device)
@@ -138,7 +160,7 @@ def main():
             timesteps = torch.randint(0, 1000, (args.batch,), device=device)
             noisy = scheduler.add_noise(latents, noise, timesteps)
             with autocast(), attention_backends(device, attention):
-                if variant == "eager":
+                if not features.get("cached_text", True):
                     with torch.no_grad():
                         text = text_encoder(torch.where(dropped[:, None], empty_ids[None, :], ids[prompt]))[0]
                 else:

@@ -120,6 +120,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--temporal-conv2d", action=argparse.BooleanOptionalAction, default=False,
                    help="run the UNet's temporal (k,1,1) convolutions as 2-D ones (same weights; "
                         "see run_temporal_convs_as_2d)")
+    p.add_argument("--upsample-by-expand", action=argparse.BooleanOptionalAction, default=False,
+                   help="the UNet's x2 upsamplers repeat pixels by expand + reshape (same output; "
+                        "see run_upsamplers_as_expand)")
+    p.add_argument("--bf16-attention-math", action=argparse.BooleanOptionalAction, default=False,
+                   help="on CUDA, let the composite (math) attention, which the layers with heads of "
+                        "2-4 dims fall back to, compute in bf16 instead of upcasting to f32")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="run the diffusion stage's UNet through torch.compile (one graph per clip "
                         "length: 16 and, with --short-clip-fraction, 8 frames); see bench_step.py")
@@ -481,6 +487,30 @@ def _temporal_conv_as_2d(conv: torch.nn.Conv3d, x: torch.Tensor) -> torch.Tensor
     return y.reshape(batch, y.shape[1], y.shape[2], height, width)
 
 
+def run_upsamplers_as_expand(unet: torch.nn.Module) -> int:
+    """Makes every nearest-neighbour x2 upsampler of the UNet (diffusers' Upsample2D followed by
+    its convolution) repeat pixels by expand + reshape instead of F.interpolate: the same output,
+    but its backward is a plain sum where upsample_nearest2d's backward took 13 ms a call at
+    batch 1024 on an H200 (bench_step.py's profile). Returns how many were switched."""
+    from diffusers.models.upsampling import Upsample2D
+
+    switched = 0
+    for module in unet.modules():
+        if (isinstance(module, Upsample2D) and module.interpolate and module.use_conv
+                and not module.use_conv_transpose and module.norm is None and module.name == "conv"):
+            module.forward = _upsample_by_expand.__get__(module)
+            switched += 1
+    return switched
+
+
+def _upsample_by_expand(upsampler, hidden_states: torch.Tensor, output_size=None, *args, **kwargs):
+    batch, channels, height, width = hidden_states.shape
+    if output_size is not None and tuple(output_size) != (2 * height, 2 * width):
+        return type(upsampler).forward(upsampler, hidden_states, output_size, *args, **kwargs)
+    doubled = hidden_states[:, :, :, None, :, None].expand(batch, channels, height, 2, width, 2)
+    return upsampler.conv(doubled.reshape(batch, channels, 2 * height, 2 * width))
+
+
 def motion_balancing_weights(prompts: list[str], grammar: dict) -> torch.Tensor:
     """Per-clip sampling weights (float64 [N]) under which every motion word of the grammar is
     drawn equally often: 1 / (clips with that word)."""
@@ -535,6 +565,8 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
     # using `unet` itself.
     if args.temporal_conv2d:
         log.event(stage="diffusion", temporal_convs_as_2d=run_temporal_convs_as_2d(unet))
+    if args.upsample_by_expand:
+        log.event(stage="diffusion", upsamplers_as_expand=run_upsamplers_as_expand(unet))
     denoiser = torch.compile(unet, dynamic=False) if args.compile else unet
     frozen_text = None if "text_encoder" in trained else FrozenTextStates(
         text_encoder, input_ids, empty_ids, autocast)
@@ -604,6 +636,15 @@ def configure_device(device: torch.device):
     return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
 
 
+def set_attention_math_precision(device: torch.device, bf16: bool) -> None:
+    """PyTorch's composite attention upcasts bf16 inputs to f32 unless told otherwise. The
+    memory-efficient kernels take bf16 heads of a multiple of 8 only, so this design's 2- and
+    4-wide heads most likely take the composite path: bench_step.py's profile of a step shows f32
+    GEMMs (a fifth of its time) and softmax kernels, and no memory-efficient ones, in its top 30."""
+    if device.type == "cuda":
+        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(bf16)
+
+
 def main() -> None:
     args = parse_args()
     started = time.monotonic()
@@ -615,6 +656,7 @@ def main() -> None:
     grammar = json.loads(args.grammar.read_text())
     torch.manual_seed(args.seed)
     autocast = configure_device(device)
+    set_attention_math_precision(device, args.bf16_attention_math)
     clips = load_clips(args.data)
     log.event(stage="data", clips=len(clips), shape=list(clips.videos.shape))
     with tempfile.TemporaryDirectory() as tmp:
