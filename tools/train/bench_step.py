@@ -12,7 +12,11 @@ Variants (the train.py options each one stands for in brackets):
   cached_expand    x2 upsamplers by expand + reshape [--upsample-by-expand]
   cached_bf16_attention  the math attention in bf16 [--bf16-attention-math]
   cached_fast      cached_expand + cached_bf16_attention
-  compiled, compiled_math, compiled_conv2d, compiled_fast  the same through torch.compile
+  cached_padded    attention heads zero-padded to 8 for the memory-efficient kernels
+                   [--attention padded]
+  cached_padded_expand  cached_padded + cached_expand
+  compiled, compiled_math, compiled_conv2d, compiled_fast, compiled_padded_expand  the same
+                   through torch.compile
                    [--compile]; compile time in warmup_s
   vae, vae_compiled  a step of the VAE stage (--vae-batch frames; its loss through torch.compile)
 
@@ -46,10 +50,13 @@ DIFFUSION_VARIANTS = {
     "cached_expand": dict(expand=True),
     "cached_bf16_attention": dict(bf16_math=True),
     "cached_fast": dict(expand=True, bf16_math=True),
+    "cached_padded": dict(attention="padded"),
+    "cached_padded_expand": dict(attention="padded", expand=True),
     "compiled": dict(compile=True),
     "compiled_math": dict(compile=True, attention="math"),
     "compiled_conv2d": dict(compile=True, conv2d=True),
     "compiled_fast": dict(compile=True, expand=True, bf16_math=True),
+    "compiled_padded_expand": dict(compile=True, attention="padded", expand=True),
 }
 VAE_VARIANTS = ("vae", "vae_compiled")
 

@@ -446,22 +446,51 @@ def sample_timesteps(count: int, num_timesteps: int, high_noise_fraction: float,
 # stage 2: UNet + text encoder
 
 
-ATTENTION_BACKENDS = ("efficient", "math")
+ATTENTION_BACKENDS = ("efficient", "math", "padded")
 
 
 def attention_backends(device, choice: str = "efficient"):
     """The scaled-dot-product attention kernels the diffusion stage may use on CUDA. `efficient`
     leaves out the flash kernels: with these short sequences (16 frames, 64 positions, 77 tokens)
-    and head sizes of 4-32 they waste most of their tiles; measured on an H200, a step at batch 256
-    takes 265 ms with the memory-efficient kernels and 387 ms with flash. `math` is PyTorch's
-    composite of matmuls and softmax, which torch.compile can fuse with its neighbours."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    they waste most of their tiles; measured on an H200 with run 1's design, a step at batch 256
+    took 265 ms with the memory-efficient kernels and 387 ms with flash. But the memory-efficient
+    kernels take bf16 heads of a multiple of 8 only, and every head of the small design is 4 wide,
+    so there all attention falls back to the composite path. `math` forces that path (which
+    torch.compile can fuse); `padded` pads the heads with zeros to 8 so that the memory-efficient
+    kernels take them (see padded_attention_heads)."""
+    stack = contextlib.ExitStack()
+    if choice == "padded":
+        stack.enter_context(padded_attention_heads())
+    if device.type == "cuda":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if choice == "math":
-        return sdpa_kernel([SDPBackend.MATH])
-    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH] if choice == "math"
+                                        else [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]))
+    return stack
+
+
+@contextlib.contextmanager
+def padded_attention_heads(multiple: int = 8):
+    """While active, F.scaled_dot_product_attention (which diffusers' attention processors call)
+    pads query, key and value heads with zeros to a multiple of `multiple` and drops the padding
+    from its output. The zeros add nothing to the query-key products and the softmax scale stays
+    that of the real head width, so the result is the same attention."""
+    original = F.scaled_dot_product_attention
+
+    def padded(query, key, value, *args, scale=None, **kwargs):
+        width = query.shape[-1]
+        padding = -width % multiple
+        if padding == 0 or value.shape[-1] != width:
+            return original(query, key, value, *args, scale=scale, **kwargs)
+        query, key, value = (F.pad(t, (0, padding)) for t in (query, key, value))
+        out = original(query, key, value, *args, scale=width ** -0.5 if scale is None else scale, **kwargs)
+        return out[..., :width]
+
+    F.scaled_dot_product_attention = padded
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
 
 
 def run_temporal_convs_as_2d(unet: torch.nn.Module) -> int:
