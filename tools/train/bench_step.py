@@ -59,6 +59,32 @@ DIFFUSION_VARIANTS = {
     "compiled_padded_expand": dict(compile=True, attention="padded", expand=True),
 }
 VAE_VARIANTS = ("vae", "vae_compiled")
+# A compiled variant must be this much faster to be picked: its compile time (minutes) comes
+# out of the training budget.
+COMPILE_MARGIN = 1.05
+
+
+def train_flags(features: dict) -> str | None:
+    """The train.py options that train as a diffusion variant does (None: no such options)."""
+    if not features.get("cached_text", True):
+        return None
+    flags = []
+    if features.get("attention", "efficient") != "efficient":
+        flags.append(f"--attention {features['attention']}")
+    for key, flag in (("conv2d", "--temporal-conv2d"), ("expand", "--upsample-by-expand"),
+                      ("bf16_math", "--bf16-attention-math"), ("compile", "--compile")):
+        if features.get(key):
+            flags.append(flag)
+    return " ".join(flags)
+
+
+def fastest_flags(results: list[dict]) -> str:
+    """train.py options of the fastest diffusion variant among `results`."""
+    candidates = [(r["steps_per_s"] / (COMPILE_MARGIN if DIFFUSION_VARIANTS[r["variant"]].get("compile") else 1.0),
+                   train_flags(DIFFUSION_VARIANTS[r["variant"]]))
+                  for r in results if r["variant"] in DIFFUSION_VARIANTS]
+    candidates = [c for c in candidates if c[1] is not None]
+    return max(candidates)[1] if candidates else ""
 
 
 def parse_args():
@@ -74,6 +100,8 @@ def parse_args():
     p.add_argument("--profile", nargs="*", default=[], metavar="VARIANT",
                    help="variants whose top GPU kernels to print")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--write-fastest-flags", type=Path, metavar="FILE",
+                   help="write the train.py options of the fastest diffusion variant run to FILE")
     return p.parse_args()
 
 
@@ -183,8 +211,15 @@ def main():
 
         return timed(variant, step, args.batch)
 
+    results = []
     for variant in args.variants:
-        print(json.dumps(run(variant)), flush=True)
+        results.append(run(variant))
+        print(json.dumps(results[-1]), flush=True)
+        # Written after every variant, so that a command stopped at its time limit still leaves it.
+        if args.write_fastest_flags:
+            args.write_fastest_flags.write_text(fastest_flags(results) + "\n")
+    if args.write_fastest_flags:
+        print(f"fastest: [{args.write_fastest_flags.read_text().strip()}]", flush=True)
 
 
 if __name__ == "__main__":

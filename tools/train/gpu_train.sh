@@ -3,6 +3,8 @@
 # RUNS="a b" trains the same command twice side by side (same seed; on one GPU give step counts,
 # since two runs share it and a time budget would give each fewer steps): `a` is the candidate,
 # `b` checks that a re-run scores within 0.03 of it.
+#   gpu_train.sh bench           time a diffusion step in the variants of BENCH_VARIANTS (bench_step.py)
+#                                and write the train.py options of the fastest to $WORK/fastest_flags
 #   gpu_train.sh start           export the training clips, start both runs in their own sessions
 #   gpu_train.sh wait SECONDS    wait (at most SECONDS) for both, printing the logs' tails
 #   gpu_train.sh finish DIR      sample held-out prompts with diffusers from every run's model (one
@@ -34,6 +36,11 @@ require_runs() {
 }
 
 case "$1" in
+  bench)
+    # ~1-2 minutes without compiled variants (a compiled one takes minutes more).
+    python3 tools/train/bench_step.py --batch 1024 --steps 8 --warmup 2 \
+        --variants ${BENCH_VARIANTS:-cached_text cached_padded_expand cached_padded cached_expand cached_fast} \
+        --profile ${BENCH_PROFILE:-cached_padded_expand} --write-fastest-flags "$WORK/fastest_flags" ;;
   start)
     "$WORK/entrovid-world" export --out "$WORK/train.safetensors" --count 40000 --seed 1 --split train
     gpus=$(nvidia-smi -L 2>/dev/null | wc -l); index=0
