@@ -16,8 +16,9 @@ Variants (the train.py options each one stands for in brackets):
                    [--attention padded]
   cached_padded_expand  cached_padded + cached_expand
   compiled, compiled_math, compiled_conv2d, compiled_fast, compiled_padded_expand  the same
-                   through torch.compile
-                   [--compile]; compile time in warmup_s
+                   through torch.compile [--compile]
+  blocks_compiled, blocks_compiled_padded_expand  each UNet block compiled [--compile-blocks]
+                   (compile time of either kind in warmup_s)
   vae, vae_compiled  a step of the VAE stage (--vae-batch frames; its loss through torch.compile)
 
 Attention kernels are chosen as train.py does (attention_backends).
@@ -34,7 +35,8 @@ import torch
 
 import components
 from train import (REPO_ROOT, Ema, FrozenTextStates, attention_backends, configure_device,
-                   run_temporal_convs_as_2d, run_upsamplers_as_expand, set_attention_math_precision, vae_loss)
+                   compile_blocks, run_temporal_convs_as_2d, run_upsamplers_as_expand,
+                   set_attention_math_precision, vae_loss)
 
 SMALL_DESIGN = dict(vae_channels=[16, 32, 64, 64], vae_norm_groups=8, unet_channels=[16, 32, 64],
                     unet_layers_per_block=1, unet_heads=4, unet_norm_groups=8, text_hidden=128,
@@ -57,11 +59,14 @@ DIFFUSION_VARIANTS = {
     "compiled_conv2d": dict(compile=True, conv2d=True),
     "compiled_fast": dict(compile=True, expand=True, bf16_math=True),
     "compiled_padded_expand": dict(compile=True, attention="padded", expand=True),
+    "blocks_compiled": dict(compile_blocks=True),
+    "blocks_compiled_padded_expand": dict(compile_blocks=True, attention="padded", expand=True),
 }
 VAE_VARIANTS = ("vae", "vae_compiled")
-# A compiled variant must be this much faster to be picked: its compile time (minutes) comes
-# out of the training budget.
-COMPILE_MARGIN = 1.05
+# A compiled variant must be this much faster to be picked: its compile time comes out of the
+# training budget, once per clip length (16 and 8 frames), and in a time-bounded run of ~15
+# minutes of diffusion a minute or two of compiling is ~15%.
+COMPILE_MARGIN = 1.15
 
 
 def train_flags(features: dict) -> str | None:
@@ -72,7 +77,8 @@ def train_flags(features: dict) -> str | None:
     if features.get("attention", "efficient") != "efficient":
         flags.append(f"--attention {features['attention']}")
     for key, flag in (("conv2d", "--temporal-conv2d"), ("expand", "--upsample-by-expand"),
-                      ("bf16_math", "--bf16-attention-math"), ("compile", "--compile")):
+                      ("bf16_math", "--bf16-attention-math"), ("compile", "--compile"),
+                      ("compile_blocks", "--compile-blocks")):
         if features.get(key):
             flags.append(flag)
     return " ".join(flags)
@@ -80,7 +86,10 @@ def train_flags(features: dict) -> str | None:
 
 def fastest_flags(results: list[dict]) -> str:
     """train.py options of the fastest diffusion variant among `results`."""
-    candidates = [(r["steps_per_s"] / (COMPILE_MARGIN if DIFFUSION_VARIANTS[r["variant"]].get("compile") else 1.0),
+    def compiled(variant: str) -> bool:
+        return any(DIFFUSION_VARIANTS[variant].get(key) for key in ("compile", "compile_blocks"))
+
+    candidates = [(r["steps_per_s"] / (COMPILE_MARGIN if compiled(r["variant"]) else 1.0),
                    train_flags(DIFFUSION_VARIANTS[r["variant"]]))
                   for r in results if r["variant"] in DIFFUSION_VARIANTS]
     candidates = [c for c in candidates if c[1] is not None]
@@ -184,6 +193,8 @@ def main():
         if features.get("expand"):
             run_upsamplers_as_expand(unet)
         set_attention_math_precision(device, features.get("bf16_math", False))
+        if features.get("compile_blocks"):
+            compile_blocks(unet)
         model = torch.compile(unet, dynamic=False) if features.get("compile") else unet  # as train.py
         attention = features.get("attention", "efficient")
 

@@ -115,6 +115,8 @@ def parse_args() -> argparse.Namespace:
                         "and unbalanced runs drifted towards the commonest one)")
     p.add_argument("--short-clip-fraction", type=float, default=0.25,
                    help="share of batches trained at half the frames (every other frame)")
+    p.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile each UNet block instead of the whole UNet (see compile_blocks)")
     p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="efficient",
                    help="attention kernels of the diffusion stage on CUDA (see attention_backends)")
     p.add_argument("--temporal-conv2d", action=argparse.BooleanOptionalAction, default=False,
@@ -540,6 +542,27 @@ def _upsample_by_expand(upsampler, hidden_states: torch.Tensor, output_size=None
     return upsampler.conv(doubled.reshape(batch, channels, 2 * height, 2 * width))
 
 
+def compile_blocks(unet: torch.nn.Module) -> int:
+    """Compiles each of the UNet's blocks (spatial and temporal transformers, resnet blocks,
+    temporal convolution stacks) in place with torch.compile instead of the whole UNet: blocks of
+    one class and shape share their compiled graph, so compiling takes a fraction of the minutes
+    the whole UNet takes, while the norms and small elementwise kernels inside the blocks, most of
+    a step's time (tools/train/README.md), are still fused. Returns how many were compiled."""
+    from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+
+    blocks = [m for m in unet.modules()
+              if isinstance(m, (ResnetBlock2D, TemporalConvLayer, Transformer2DModel, TransformerTemporalModel))]
+    # One class's blocks come in many shapes (three widths, skip concatenations, 16- and 8-frame
+    # clips), each its own graph: past dynamo's default of 8 per function, the rest would run
+    # uncompiled.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    for block in blocks:
+        block.compile(dynamic=False)
+    return len(blocks)
+
+
 def motion_balancing_weights(prompts: list[str], grammar: dict) -> torch.Tensor:
     """Per-clip sampling weights (float64 [N]) under which every motion word of the grammar is
     drawn equally often: 1 / (clips with that word)."""
@@ -596,6 +619,8 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
         log.event(stage="diffusion", temporal_convs_as_2d=run_temporal_convs_as_2d(unet))
     if args.upsample_by_expand:
         log.event(stage="diffusion", upsamplers_as_expand=run_upsamplers_as_expand(unet))
+    if args.compile_blocks:
+        log.event(stage="diffusion", compiled_blocks=compile_blocks(unet))
     denoiser = torch.compile(unet, dynamic=False) if args.compile else unet
     frozen_text = None if "text_encoder" in trained else FrozenTextStates(
         text_encoder, input_ids, empty_ids, autocast)
@@ -706,6 +731,8 @@ def main() -> None:
             text_hidden=args.text_hidden, text_layers=args.text_layers, text_heads=args.text_heads,
             zero_terminal_snr=args.zero_terminal_snr))
     arch = state.arch
+    if args.compile and args.compile_blocks:
+        raise SystemExit("--compile compiles the whole UNet, --compile-blocks its blocks: give one")
     if arch.zero_terminal_snr and args.loss_weighting == "v":
         raise SystemExit("--loss-weighting v is for epsilon prediction: the v-prediction of "
                          "--zero-terminal-snr already has the v loss")
