@@ -3,7 +3,7 @@
 # RUNS="a b" trains the same command twice side by side (same seed; on one GPU give step counts,
 # since two runs share it and a time budget would give each fewer steps): `a` is the candidate,
 # `b` checks that a re-run scores within 0.03 of it.
-#   gpu_train.sh bench           time a diffusion step in the variants of BENCH_VARIANTS (bench_step.py)
+#   gpu_train.sh bench           time a diffusion step (BENCH_BATCH clips, 1024) in the variants of BENCH_VARIANTS
 #                                and write the train.py options of the fastest to $WORK/fastest_flags
 #   gpu_train.sh start           export the training clips, start both runs in their own sessions
 #   gpu_train.sh wait SECONDS    wait (at most SECONDS) for both, printing the logs' tails
@@ -40,7 +40,7 @@ case "$1" in
     # ~1-2 minutes for the eager variants, and the compiled one's compile time (its blocks alone
     # compiled in 143 s on this project's 2-core CPU machine). Its compile cache is left out of
     # the training runs (start), whose time budget must hold their own compiling.
-    TORCHINDUCTOR_CACHE_DIR=$WORK/bench-inductor-cache python3 tools/train/bench_step.py --batch 1024 --steps 8 --warmup 2 \
+    TORCHINDUCTOR_CACHE_DIR=$WORK/bench-inductor-cache python3 tools/train/bench_step.py --batch ${BENCH_BATCH:-1024} --steps 8 --warmup 2 \
         --variants ${BENCH_VARIANTS:-cached_text cached_padded_expand cached_padded cached_expand cached_fast blocks_compiled_padded_expand} \
         --profile ${BENCH_PROFILE:-cached_padded_expand} --write-fastest-flags "$WORK/fastest_flags" ;;
   start)
