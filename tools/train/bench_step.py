@@ -35,8 +35,7 @@ import torch
 
 import components
 from train import (REPO_ROOT, Ema, FrozenTextStates, attention_backends, configure_device,
-                   compile_blocks, run_temporal_convs_as_2d, run_upsamplers_as_expand,
-                   set_attention_math_precision, vae_loss)
+                   set_attention_math_precision, training_denoiser, vae_loss)
 
 SMALL_DESIGN = dict(vae_channels=[16, 32, 64, 64], vae_norm_groups=8, unet_channels=[16, 32, 64],
                     unet_layers_per_block=1, unet_heads=4, unet_norm_groups=8, text_hidden=128,
@@ -188,14 +187,9 @@ def main():
         unet = components.build_unet(arch, arch.text_hidden).to(device).train()
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, fused=device.type == "cuda")
         ema = Ema({"unet": unet}, 0.999)
-        if features.get("conv2d"):
-            run_temporal_convs_as_2d(unet)
-        if features.get("expand"):
-            run_upsamplers_as_expand(unet)
         set_attention_math_precision(device, features.get("bf16_math", False))
-        if features.get("compile_blocks"):
-            compile_blocks(unet)
-        model = torch.compile(unet, dynamic=False) if features.get("compile") else unet  # as train.py
+        model, _ = training_denoiser(unet, features.get("conv2d", False), features.get("expand", False),
+                                     features.get("compile_blocks", False), features.get("compile", False))
         attention = features.get("attention", "efficient")
 
         def step():

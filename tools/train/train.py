@@ -126,8 +126,8 @@ def parse_args() -> argparse.Namespace:
                    help="the UNet's x2 upsamplers repeat pixels by expand + reshape (same output; "
                         "see run_upsamplers_as_expand)")
     p.add_argument("--bf16-attention-math", action=argparse.BooleanOptionalAction, default=False,
-                   help="on CUDA, let the composite (math) attention, which the layers with heads of "
-                        "2-4 dims fall back to, compute in bf16 instead of upcasting to f32")
+                   help="on CUDA, let the composite (math) attention, which the small design's 4-wide "
+                        "heads fall back to, compute in bf16 instead of upcasting to f32")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="run the diffusion stage's UNet through torch.compile (one graph per clip "
                         "length: 16 and, with --short-clip-fraction, 8 frames); see bench_step.py")
@@ -499,8 +499,8 @@ def run_temporal_convs_as_2d(unet: torch.nn.Module) -> int:
     """Makes every temporal convolution of the UNet (a Conv3d whose kernel is (k, 1, 1): it mixes
     frames only) run as the equivalent Conv2d over [channels, frames, height * width], with the
     same parameters, so the state dict and the shipped weights do not change. Returns how many
-    were switched. cuDNN's 3-D kernels for these few channels are the suspect in the diffusion
-    step's time (bench_step.py's `conv2d` variants measure it)."""
+    were switched. Written when cuDNN's 3-D kernels were the suspect in the diffusion step's
+    time; on an H200 it left the step as it was (tools/train/README.md)."""
     switched = 0
     for module in unet.modules():
         if (isinstance(module, torch.nn.Conv3d) and module.kernel_size[1:] == (1, 1)
@@ -563,6 +563,22 @@ def compile_blocks(unet: torch.nn.Module) -> int:
     return len(blocks)
 
 
+def training_denoiser(unet: torch.nn.Module, temporal_conv2d: bool = False, upsample_by_expand: bool = False,
+                      blocks_compiled: bool = False, compiled: bool = False):
+    """The UNet as the diffusion stage calls it, with the speed options applied (each keeps the
+    parameters and state dict; see the functions above). Returns it and how many modules each
+    option changed. A whole-UNet compile wraps `unet` and shares its parameters: the optimizer,
+    EMA and checkpoints keep using `unet` itself."""
+    changed = {}
+    if temporal_conv2d:
+        changed["temporal_convs_as_2d"] = run_temporal_convs_as_2d(unet)
+    if upsample_by_expand:
+        changed["upsamplers_as_expand"] = run_upsamplers_as_expand(unet)
+    if blocks_compiled:
+        changed["compiled_blocks"] = compile_blocks(unet)
+    return (torch.compile(unet, dynamic=False) if compiled else unet), changed
+
+
 def motion_balancing_weights(prompts: list[str], grammar: dict) -> torch.Tensor:
     """Per-clip sampling weights (float64 [N]) under which every motion word of the grammar is
     drawn equally often: 1 / (clips with that word)."""
@@ -613,15 +629,10 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
     unet.train()
     if "text_encoder" in trained:
         text_encoder.train()
-    # The compiled module shares the UNet's parameters: the optimizer, EMA and checkpoints keep
-    # using `unet` itself.
-    if args.temporal_conv2d:
-        log.event(stage="diffusion", temporal_convs_as_2d=run_temporal_convs_as_2d(unet))
-    if args.upsample_by_expand:
-        log.event(stage="diffusion", upsamplers_as_expand=run_upsamplers_as_expand(unet))
-    if args.compile_blocks:
-        log.event(stage="diffusion", compiled_blocks=compile_blocks(unet))
-    denoiser = torch.compile(unet, dynamic=False) if args.compile else unet
+    denoiser, changed = training_denoiser(unet, args.temporal_conv2d, args.upsample_by_expand,
+                                          args.compile_blocks, args.compile)
+    if changed:
+        log.event(stage="diffusion", **changed)
     frozen_text = None if "text_encoder" in trained else FrozenTextStates(
         text_encoder, input_ids, empty_ids, autocast)
     window = ProgressWindow()
@@ -692,8 +703,8 @@ def configure_device(device: torch.device):
 
 def set_attention_math_precision(device: torch.device, bf16: bool) -> None:
     """PyTorch's composite attention upcasts bf16 inputs to f32 unless told otherwise. The
-    memory-efficient kernels take bf16 heads of a multiple of 8 only, so this design's 2- and
-    4-wide heads most likely take the composite path: bench_step.py's profile of a step shows f32
+    memory-efficient kernels take bf16 heads of a multiple of 8 only, so this design's 4-wide
+    heads most likely take the composite path: bench_step.py's profile of a step shows f32
     GEMMs (a fifth of its time) and softmax kernels, and no memory-efficient ones, in its top 30."""
     if device.type == "cuda":
         torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(bf16)
