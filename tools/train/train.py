@@ -116,7 +116,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--short-clip-fraction", type=float, default=0.25,
                    help="share of batches trained at half the frames (every other frame)")
     p.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=False,
-                   help="torch.compile each UNet block instead of the whole UNet (see compile_blocks)")
+                   help="torch.compile each UNet block instead of the whole UNet (see compile_blocks; "
+                        "short clips run uncompiled, as with --compile)")
     p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="efficient",
                    help="attention kernels of the diffusion stage on CUDA (see attention_backends)")
     p.add_argument("--temporal-conv2d", action=argparse.BooleanOptionalAction, default=False,
@@ -129,8 +130,8 @@ def parse_args() -> argparse.Namespace:
                    help="on CUDA, let the composite (math) attention, which the small design's 4-wide "
                         "heads fall back to, compute in bf16 instead of upcasting to f32")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="run the diffusion stage's UNet through torch.compile (one graph per clip "
-                        "length: 16 and, with --short-clip-fraction, 8 frames); see bench_step.py")
+                   help="run the diffusion stage's UNet through torch.compile (one graph, for 16-frame "
+                        "clips: the short clips of --short-clip-fraction run uncompiled); see bench_step.py")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--decay-fraction", type=float, default=0.2)
@@ -459,7 +460,10 @@ def attention_backends(device, choice: str = "efficient"):
     kernels take bf16 heads of a multiple of 8 only, and every head of the small design is 4 wide,
     so there all attention falls back to the composite path. `math` forces that path (which
     torch.compile can fuse); `padded` pads the heads with zeros to 8 so that the memory-efficient
-    kernels take them (see padded_attention_heads)."""
+    kernels take them (see padded_attention_heads). Measured on an H200 (bench_step.py, batch
+    1024), `padded` made the step slower (1.77 steps/s against 1.93): the kernels it reaches, the
+    sm80 cutlass ones, took 3.9 ms a backward call; compiling the blocks fuses the composite path
+    instead (4.00 steps/s)."""
     stack = contextlib.ExitStack()
     if choice == "padded":
         stack.enter_context(padded_attention_heads())
@@ -522,7 +526,8 @@ def run_upsamplers_as_expand(unet: torch.nn.Module) -> int:
     """Makes every nearest-neighbour x2 upsampler of the UNet (diffusers' Upsample2D followed by
     its convolution) repeat pixels by expand + reshape instead of F.interpolate: the same output,
     but its backward is a plain sum where upsample_nearest2d's backward took 13 ms a call at
-    batch 1024 on an H200 (bench_step.py's profile). Returns how many were switched."""
+    batch 1024 on an H200 (bench_step.py's profile); there it made the eager step 5% faster
+    (2.02 steps/s against 1.93). Returns how many were switched."""
     from diffusers.models.upsampling import Upsample2D
 
     switched = 0
@@ -554,9 +559,8 @@ def compile_blocks(unet: torch.nn.Module) -> int:
 
     blocks = [m for m in unet.modules()
               if isinstance(m, (ResnetBlock2D, TemporalConvLayer, Transformer2DModel, TransformerTemporalModel))]
-    # One class's blocks come in many shapes (three widths, skip concatenations, 16- and 8-frame
-    # clips), each its own graph: past dynamo's default of 8 per function, the rest would run
-    # uncompiled.
+    # One class's blocks come in many shapes (three widths, skip concatenations), each its own
+    # graph: past dynamo's default of 8 per function, the rest would run uncompiled.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for block in blocks:
         block.compile(dynamic=False)
@@ -577,6 +581,15 @@ def training_denoiser(unet: torch.nn.Module, temporal_conv2d: bool = False, upsa
     if blocks_compiled:
         changed["compiled_blocks"] = compile_blocks(unet)
     return (torch.compile(unet, dynamic=False) if compiled else unet), changed
+
+
+def uncompiled_when(condition: bool):
+    """While active and `condition` holds, torch.compile'd code runs eagerly (no compiling). The
+    diffusion stage's short clips run so: on an H200, compiling the blocks took ~150 s per clip
+    length, and compiling the 8-frame one too (a quarter of the batches, each half the work)
+    would save an estimated ~8 s a minute (~0.27 s a step eager, ~0.13 s compiled), so it
+    would pay for itself only after ~18 minutes of diffusion, longer than the budget."""
+    return torch.compiler.set_stance("force_eager") if condition else contextlib.nullcontext()
 
 
 def motion_balancing_weights(prompts: list[str], grammar: dict) -> torch.Tensor:
@@ -643,7 +656,8 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
                                      generator=generator).to(latent_mean.device)
             mean, std = latent_mean[clip].float(), latent_std[clip].float()
             latents = mean + std * torch.randn_like(std)
-            if torch.rand((), generator=generator).item() < args.short_clip_fraction:
+            short_clips = torch.rand((), generator=generator).item() < args.short_clip_fraction
+            if short_clips:
                 latents = latents[:, :, ::2]
             dropped = torch.rand(args.batch, generator=generator).to(device) < args.prompt_dropout
             noise = torch.randn_like(latents)
@@ -655,7 +669,7 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
                                args.warmup_steps, args.decay_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast():
+            with autocast(), uncompiled_when(short_clips and (args.compile or args.compile_blocks)):
                 if frozen_text is not None:
                     text = frozen_text.lookup(clip, dropped)
                 else:
@@ -705,7 +719,9 @@ def set_attention_math_precision(device: torch.device, bf16: bool) -> None:
     """PyTorch's composite attention upcasts bf16 inputs to f32 unless told otherwise. The
     memory-efficient kernels take bf16 heads of a multiple of 8 only, so this design's 4-wide
     heads most likely take the composite path: bench_step.py's profile of a step shows f32
-    GEMMs (a fifth of its time) and softmax kernels, and no memory-efficient ones, in its top 30."""
+    GEMMs (a fifth of its time) and softmax kernels, and no memory-efficient ones, in its top 30.
+    On an H200, bf16 there made the eager step 11% faster (2.14 steps/s against 1.93; 2.26 with
+    --upsample-by-expand), but it changes the numerics, and compiling the blocks gains far more."""
     if device.type == "cuda":
         torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(bf16)
 
@@ -744,6 +760,9 @@ def main() -> None:
     arch = state.arch
     if args.compile and args.compile_blocks:
         raise SystemExit("--compile compiles the whole UNet, --compile-blocks its blocks: give one")
+    if args.attention == "padded" and (args.compile or args.compile_blocks):
+        raise SystemExit("--attention padded does not run under torch.compile (on an H200 the "
+                         "memory-efficient attention's backward failed its stride check)")
     if arch.zero_terminal_snr and args.loss_weighting == "v":
         raise SystemExit("--loss-weighting v is for epsilon prediction: the v-prediction of "
                          "--zero-terminal-snr already has the v loss")
