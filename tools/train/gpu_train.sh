@@ -7,6 +7,8 @@
 #                                and write the train.py options of the fastest to $WORK/fastest_flags
 #   gpu_train.sh start           export the training clips, start both runs in their own sessions
 #   gpu_train.sh wait SECONDS    wait (at most SECONDS) for both, printing the logs' tails
+#   gpu_train.sh pack DIR        pack every finished run's model folder, training logs and console
+#                                log into DIR (parts < 16 MiB), to score it elsewhere
 #   gpu_train.sh finish DIR      sample held-out prompts with diffusers from every run's model (one
 #                                run per GPU at a time), score them with the project's evaluator,
 #                                pack each run into DIR (parts < 16 MiB)
@@ -70,6 +72,16 @@ case "$1" in
     for run in $RUNS; do
       echo "== run $run"; tail -4 "$WORK/$run.log"
       [ -f "$WORK/$run.rc" ] && echo "train.py exit: $(cat $WORK/$run.rc)"
+    done ;;
+  pack)
+    require_runs
+    out=$2; mkdir -p "$out"
+    for run in $RUNS; do
+      [ -f "$WORK/$run.rc" ] || { echo "run $run has not finished: not packed" >&2; continue; }
+      cp "$WORK/$run.log" "$out/$run.log"
+      files=(model); for log in model.log.json base.log.json; do [ -f "$WORK/$run/$log" ] && files+=("$log"); done
+      tar -C "$WORK/$run" -cf - "${files[@]}" | xz -1 -T4 | split -b 15M - "$out/run_$run.tar.xz.part-"
+      echo "run $run (train.py exit $(cat "$WORK/$run.rc")): $(ls "$out"/run_"$run".tar.xz.part-* | wc -l) part(s) in $out"
     done ;;
   finish)
     require_runs
