@@ -12,14 +12,12 @@ Variants (the train.py options each one stands for in brackets):
   cached_expand    x2 upsamplers by expand + reshape [--upsample-by-expand]
   cached_bf16_attention  the math attention in bf16 [--bf16-attention-math]
   cached_fast      cached_expand + cached_bf16_attention
-  cached_padded    attention heads zero-padded to 8 for the memory-efficient kernels
-                   [--attention padded]
-  cached_padded_expand  cached_padded + cached_expand
   compiled, compiled_math, compiled_conv2d, compiled_fast  the same through torch.compile
                    [--compile]
   blocks_compiled, blocks_compiled_expand  each UNet block compiled [--compile-blocks]
-                   (compile time of either kind in warmup_s; padded attention fails under
-                   torch.compile, so it has no compiled variants)
+                   (compile time of either kind in warmup_s)
+(Heads zero-padded to 8 for the memory-efficient kernels, `cached_padded`, were timed and removed:
+see train.attention_backends.)
   vae, vae_compiled  a step of the VAE stage (--vae-batch frames; its loss through torch.compile)
 
 Attention kernels are chosen as train.py does (attention_backends).
@@ -52,8 +50,6 @@ DIFFUSION_VARIANTS = {
     "cached_expand": dict(expand=True),
     "cached_bf16_attention": dict(bf16_math=True),
     "cached_fast": dict(expand=True, bf16_math=True),
-    "cached_padded": dict(attention="padded"),
-    "cached_padded_expand": dict(attention="padded", expand=True),
     "compiled": dict(compile=True),
     "compiled_math": dict(compile=True, attention="math"),
     "compiled_conv2d": dict(compile=True, conv2d=True),

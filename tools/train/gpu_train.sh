@@ -37,6 +37,13 @@ require_runs() {
   done
 }
 
+# archive_run RUN DIR FILES...: the run's FILES (relative to its folder) as one archive in DIR,
+# in parts < 16 MiB.
+archive_run() {
+  local run=$1 out=$2; shift 2
+  tar -C "$WORK/$run" -cf - "$@" | xz -1 -T4 | split -b 15M - "$out/run_$run.tar.xz.part-"
+}
+
 case "$1" in
   bench)
     # ~1 minute for the eager variants, and each compiled one's compile time (~140 s for the
@@ -80,7 +87,7 @@ case "$1" in
       [ -f "$WORK/$run.rc" ] || { echo "run $run has not finished: not packed" >&2; continue; }
       cp "$WORK/$run.log" "$out/$run.log"
       files=(model); for log in model.log.json base.log.json; do [ -f "$WORK/$run/$log" ] && files+=("$log"); done
-      tar -C "$WORK/$run" -cf - "${files[@]}" | xz -1 -T4 | split -b 15M - "$out/run_$run.tar.xz.part-"
+      archive_run "$run" "$out" "${files[@]}"
       echo "run $run (train.py exit $(cat "$WORK/$run.rc")): $(ls "$out"/run_"$run".tar.xz.part-* | wc -l) part(s) in $out"
     done ;;
   finish)
@@ -106,8 +113,7 @@ case "$1" in
       python3 tools/train/probe_conditioning.py --model "$WORK/$run/model" \
           --data "$WORK/held-out.safetensors" --clips 48 2>/dev/null >"$WORK/$run/probe.txt"
       cat "$WORK/$run/probe.txt"
-      tar -C "$WORK/$run" -cf - model held-out_report.json train-split_report.json train_log.json base_train_log.json probe.txt \
-        | xz -1 -T4 | split -b 15M - "$out/run_$run.tar.xz.part-"
+      archive_run "$run" "$out" model held-out_report.json train-split_report.json train_log.json base_train_log.json probe.txt
     }
     # One run per GPU at a time, all at once where there are as many GPUs as runs.
     slots=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$slots" -gt 0 ] || slots=1; index=0

@@ -449,7 +449,7 @@ def sample_timesteps(count: int, num_timesteps: int, high_noise_fraction: float,
 # stage 2: UNet + text encoder
 
 
-ATTENTION_BACKENDS = ("efficient", "math", "padded")
+ATTENTION_BACKENDS = ("efficient", "math")
 
 
 def attention_backends(device, choice: str = "efficient"):
@@ -459,44 +459,18 @@ def attention_backends(device, choice: str = "efficient"):
     took 265 ms with the memory-efficient kernels and 387 ms with flash. But the memory-efficient
     kernels take bf16 heads of a multiple of 8 only, and every head of the small design is 4 wide,
     so there all attention falls back to the composite path. `math` forces that path (which
-    torch.compile can fuse); `padded` pads the heads with zeros to 8 so that the memory-efficient
-    kernels take them (see padded_attention_heads). Measured on an H200 (bench_step.py, batch
-    1024), `padded` made the step slower (1.77 steps/s against 1.93): the kernels it reaches, the
-    sm80 cutlass ones, took 3.9 ms a backward call; compiling the blocks fuses the composite path
-    instead (4.00 steps/s)."""
-    stack = contextlib.ExitStack()
-    if choice == "padded":
-        stack.enter_context(padded_attention_heads())
-    if device.type == "cuda":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+    torch.compile can fuse). Padding the heads with zeros to 8 wide, so that the memory-efficient
+    kernels take them, was tried and removed: on an H200 (bench_step.py, batch 1024) it made the
+    step slower (1.77 steps/s against 1.93; the sm80 cutlass kernels it reaches took 3.9 ms a
+    backward call) and failed under torch.compile, while compiling the blocks fuses the
+    composite path instead (4.00 steps/s)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        stack.enter_context(sdpa_kernel([SDPBackend.MATH] if choice == "math"
-                                        else [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]))
-    return stack
-
-
-@contextlib.contextmanager
-def padded_attention_heads(multiple: int = 8):
-    """While active, F.scaled_dot_product_attention (which diffusers' attention processors call)
-    pads query, key and value heads with zeros to a multiple of `multiple` and drops the padding
-    from its output. The zeros add nothing to the query-key products and the softmax scale stays
-    that of the real head width, so the result is the same attention."""
-    original = F.scaled_dot_product_attention
-
-    def padded(query, key, value, *args, scale=None, **kwargs):
-        width = query.shape[-1]
-        padding = -width % multiple
-        if padding == 0 or value.shape[-1] != width:
-            return original(query, key, value, *args, scale=scale, **kwargs)
-        query, key, value = (F.pad(t, (0, padding)) for t in (query, key, value))
-        out = original(query, key, value, *args, scale=width ** -0.5 if scale is None else scale, **kwargs)
-        return out[..., :width]
-
-    F.scaled_dot_product_attention = padded
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = original
+    if choice == "math":
+        return sdpa_kernel([SDPBackend.MATH])
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def run_temporal_convs_as_2d(unet: torch.nn.Module) -> int:
@@ -760,9 +734,6 @@ def main() -> None:
     arch = state.arch
     if args.compile and args.compile_blocks:
         raise SystemExit("--compile compiles the whole UNet, --compile-blocks its blocks: give one")
-    if args.attention == "padded" and (args.compile or args.compile_blocks):
-        raise SystemExit("--attention padded does not run under torch.compile (on an H200 the "
-                         "memory-efficient attention's backward failed its stride check)")
     if arch.zero_terminal_snr and args.loss_weighting == "v":
         raise SystemExit("--loss-weighting v is for epsilon prediction: the v-prediction of "
                          "--zero-terminal-snr already has the v loss")
