@@ -8,16 +8,16 @@ Variants (the train.py options each one stands for in brackets):
                    FrozenTextStates)
   cached_text      FrozenTextStates: the frozen encoder run once per distinct prompt (default)
   cached_math      composite (math) attention only [--attention math]
-  cached_conv2d    temporal convolutions as 2-D ones [--temporal-conv2d]
   cached_expand    x2 upsamplers by expand + reshape [--upsample-by-expand]
   cached_bf16_attention  the math attention in bf16 [--bf16-attention-math]
   cached_fast      cached_expand + cached_bf16_attention
-  compiled, compiled_math, compiled_conv2d, compiled_fast  the same through torch.compile
+  compiled, compiled_math, compiled_fast  the same through torch.compile
                    [--compile]
   blocks_compiled, blocks_compiled_expand  each UNet block compiled [--compile-blocks]
                    (compile time of either kind in warmup_s)
-(Heads zero-padded to 8 for the memory-efficient kernels, `cached_padded`, were timed and removed:
-see train.attention_backends.)
+(Heads zero-padded to 8 for the memory-efficient kernels, `cached_padded`, and the temporal
+convolutions run as 2-D ones, `cached_conv2d`, were timed, gained nothing and were removed: see
+train.attention_backends and tools/train/README.md.)
   vae, vae_compiled  a step of the VAE stage (--vae-batch frames; its loss through torch.compile)
 
 Attention kernels are chosen as train.py does (attention_backends).
@@ -46,13 +46,11 @@ DIFFUSION_VARIANTS = {
     "eager": dict(cached_text=False),
     "cached_text": dict(),
     "cached_math": dict(attention="math"),
-    "cached_conv2d": dict(conv2d=True),
     "cached_expand": dict(expand=True),
     "cached_bf16_attention": dict(bf16_math=True),
     "cached_fast": dict(expand=True, bf16_math=True),
     "compiled": dict(compile=True),
     "compiled_math": dict(compile=True, attention="math"),
-    "compiled_conv2d": dict(compile=True, conv2d=True),
     "compiled_fast": dict(compile=True, expand=True, bf16_math=True),
     "blocks_compiled": dict(compile_blocks=True),
     "blocks_compiled_expand": dict(compile_blocks=True, expand=True),
@@ -72,7 +70,7 @@ def train_flags(features: dict) -> str | None:
     flags = []
     if features.get("attention", "efficient") != "efficient":
         flags.append(f"--attention {features['attention']}")
-    for key, flag in (("conv2d", "--temporal-conv2d"), ("expand", "--upsample-by-expand"),
+    for key, flag in (("expand", "--upsample-by-expand"),
                       ("bf16_math", "--bf16-attention-math"), ("compile", "--compile"),
                       ("compile_blocks", "--compile-blocks")):
         if features.get(key):
@@ -185,8 +183,8 @@ def main():
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, fused=device.type == "cuda")
         ema = Ema({"unet": unet}, 0.999)
         set_attention_math_precision(device, features.get("bf16_math", False))
-        model, _ = training_denoiser(unet, features.get("conv2d", False), features.get("expand", False),
-                                     features.get("compile_blocks", False), features.get("compile", False))
+        model, _ = training_denoiser(unet, features.get("expand", False), features.get("compile_blocks", False),
+                                     features.get("compile", False))
         attention = features.get("attention", "efficient")
 
         def step():

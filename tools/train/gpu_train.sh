@@ -75,6 +75,9 @@ case "$1" in
     require_runs
     deadline=$((SECONDS + $2))
     all_done() { for run in $RUNS; do [ -f "$WORK/$run.rc" ] || return 1; done; }
+    # New log lines are printed as they come, so that a remote command stopped at its time
+    # limit still shows how far the runs got.
+    for run in $RUNS; do tail -n 0 -F --pid=$$ "$WORK/$run.log" 2>/dev/null | sed -u "s/^/[$run] /" & done
     while ! all_done && [ $SECONDS -lt $deadline ]; do sleep 10; done
     for run in $RUNS; do
       echo "== run $run"; tail -4 "$WORK/$run.log"
@@ -86,7 +89,7 @@ case "$1" in
     for run in $RUNS; do
       [ -f "$WORK/$run.rc" ] || { echo "run $run has not finished: not packed" >&2; continue; }
       cp "$WORK/$run.log" "$out/$run.log"
-      files=(model); for log in model.log.json base.log.json; do [ -f "$WORK/$run/$log" ] && files+=("$log"); done
+      files=(model); for log in "$WORK/$run"/*.log.json "$WORK/$run"/*.compile-ahead.*; do [ -f "$log" ] && files+=("$(basename "$log")"); done
       archive_run "$run" "$out" "${files[@]}"
       echo "run $run (train.py exit $(cat "$WORK/$run.rc")): $(ls "$out"/run_"$run".tar.xz.part-* | wc -l) part(s) in $out"
     done ;;

@@ -122,9 +122,6 @@ def parse_args() -> argparse.Namespace:
                         "short clips run uncompiled, as with --compile)")
     p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="efficient",
                    help="attention kernels of the diffusion stage on CUDA (see attention_backends)")
-    p.add_argument("--temporal-conv2d", action=argparse.BooleanOptionalAction, default=False,
-                   help="run the UNet's temporal (k,1,1) convolutions as 2-D ones (same weights; "
-                        "see run_temporal_convs_as_2d)")
     p.add_argument("--upsample-by-expand", action=argparse.BooleanOptionalAction, default=False,
                    help="the UNet's x2 upsamplers repeat pixels by expand + reshape (same output; "
                         "see run_upsamplers_as_expand)")
@@ -479,29 +476,6 @@ def attention_backends(device, choice: str = "efficient"):
     return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def run_temporal_convs_as_2d(unet: torch.nn.Module) -> int:
-    """Makes every temporal convolution of the UNet (a Conv3d whose kernel is (k, 1, 1): it mixes
-    frames only) run as the equivalent Conv2d over [channels, frames, height * width], with the
-    same parameters, so the state dict and the shipped weights do not change. Returns how many
-    were switched. Written when cuDNN's 3-D kernels were the suspect in the diffusion step's
-    time; on an H200 it left the step as it was (tools/train/README.md)."""
-    switched = 0
-    for module in unet.modules():
-        if (isinstance(module, torch.nn.Conv3d) and module.kernel_size[1:] == (1, 1)
-                and module.stride == (1, 1, 1) and module.dilation == (1, 1, 1) and module.groups == 1
-                and module.padding[1:] == (0, 0) and module.padding_mode == "zeros"):
-            module.forward = _temporal_conv_as_2d.__get__(module)
-            switched += 1
-    return switched
-
-
-def _temporal_conv_as_2d(conv: torch.nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    batch, channels, frames, height, width = x.shape
-    y = F.conv2d(x.reshape(batch, channels, frames, height * width), conv.weight.squeeze(-1), conv.bias,
-                 padding=(conv.padding[0], 0))
-    return y.reshape(batch, y.shape[1], y.shape[2], height, width)
-
-
 def run_upsamplers_as_expand(unet: torch.nn.Module) -> int:
     """Makes every nearest-neighbour x2 upsampler of the UNet (diffusers' Upsample2D followed by
     its convolution) repeat pixels by expand + reshape instead of F.interpolate: the same output,
@@ -547,15 +521,13 @@ def compile_blocks(unet: torch.nn.Module) -> int:
     return len(blocks)
 
 
-def training_denoiser(unet: torch.nn.Module, temporal_conv2d: bool = False, upsample_by_expand: bool = False,
-                      blocks_compiled: bool = False, compiled: bool = False):
+def training_denoiser(unet: torch.nn.Module, upsample_by_expand: bool = False, blocks_compiled: bool = False,
+                      compiled: bool = False):
     """The UNet as the diffusion stage calls it, with the speed options applied (each keeps the
     parameters and state dict; see the functions above). Returns it and how many modules each
     option changed. A whole-UNet compile wraps `unet` and shares its parameters: the optimizer,
     EMA and checkpoints keep using `unet` itself."""
     changed = {}
-    if temporal_conv2d:
-        changed["temporal_convs_as_2d"] = run_temporal_convs_as_2d(unet)
     if upsample_by_expand:
         changed["upsamplers_as_expand"] = run_upsamplers_as_expand(unet)
     if blocks_compiled:
@@ -622,7 +594,7 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
     unet.train()
     if "text_encoder" in trained:
         text_encoder.train()
-    denoiser, changed = training_denoiser(unet, args.temporal_conv2d, args.upsample_by_expand,
+    denoiser, changed = training_denoiser(unet, args.upsample_by_expand,
                                           args.compile_blocks, args.compile)
     if changed:
         log.event(stage="diffusion", **changed)
@@ -696,12 +668,19 @@ def start_compile_ahead(log_path: Path) -> subprocess.Popen:
         return subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT)
 
 
-def wait_for_compile_ahead(process: subprocess.Popen, log_path: Path, log: RunLog) -> None:
+def wait_for_compile_ahead(process: subprocess.Popen, log_path: Path, log: RunLog,
+                           started_at: float, limit_s: float = 600.0) -> None:
     """Waits for the compiling process: the main process compiling the same graphs beside it
-    would finish later than it. Its failure only means the main process compiles them itself."""
-    started = time.monotonic()
-    code = process.wait()
-    fields = {"rc": code, "waited_s": round(time.monotonic() - started, 1)}
+    would finish later than it. Past `limit_s` from its start (~3.5x the longest compile seen) it
+    is taken for stuck and stopped. Its failure only means the main process compiles the graphs
+    itself."""
+    waiting_since = time.monotonic()
+    try:
+        code = process.wait(timeout=max(started_at + limit_s - waiting_since, 0.0))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        code = process.wait()
+    fields = {"rc": code, "waited_s": round(time.monotonic() - waiting_since, 1)}
     if code != 0:
         fields["console_tail"] = log_path.read_text()[-2000:]
     log.event(stage="compile_ahead", **fields)
@@ -827,6 +806,7 @@ def main() -> None:
                            clips.videos, input_ids, empty_ids, device, log, autocast)
         return
     compile_ahead_console = out.with_name(out.name + ".compile-ahead.txt")
+    compile_ahead_started = time.monotonic()
     compile_ahead = (start_compile_ahead(compile_ahead_console)
                      if args.compile_during_vae and state.stage == "vae" else None)
 
@@ -866,7 +846,7 @@ def main() -> None:
     clip_weights = (motion_balancing_weights(clips.prompts, grammar) if args.balance_motions
                     else torch.ones(len(clips.prompts), dtype=torch.float64))
     if compile_ahead is not None:
-        wait_for_compile_ahead(compile_ahead, compile_ahead_console, log)
+        wait_for_compile_ahead(compile_ahead, compile_ahead_console, log, compile_ahead_started)
     clock = StageClock(time.monotonic(), deadline, args.unet_steps, state.unet_step)
     train_diffusion(args, state, unet, text_encoder, trained, diffusion_optimizer, ema, latent_mean,
                     latent_std, object_paths, clip_weights, input_ids, empty_ids, device, clock, log,
