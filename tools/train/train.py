@@ -86,6 +86,9 @@ def parse_args() -> argparse.Namespace:
                    help="weight of the KL term (per latent element) against the per-pixel loss")
     p.add_argument("--vae-object-weight", type=float, default=4.0,
                    help="extra loss weight of pixels that differ from the frame's background")
+    p.add_argument("--centre-latents", action=argparse.BooleanOptionalAction, default=False,
+                   help="after the VAE stage, shift its latent space so that the training latents "
+                        "have zero mean per channel (see centre_latents; decoding is unchanged)")
     # diffusion stage
     p.add_argument("--unet-steps", type=int, help="end the diffusion stage after this many steps")
     p.add_argument("--batch", type=int, default=256, help="clips per diffusion step")
@@ -370,8 +373,8 @@ class ProgressWindow:
 
 
 @torch.no_grad()
-def latent_scaling_factor(vae, videos: torch.Tensor, device, autocast, sample_frames: int = 4096) -> float:
-    """1 / std of the latents of a fixed sample of training frames, as Stable Diffusion's 0.18215."""
+def sample_latents(vae, videos: torch.Tensor, device, autocast, sample_frames: int = 4096) -> torch.Tensor:
+    """Latents (posterior samples, unscaled, f32 [N, C, h, w]) of a fixed sample of training frames."""
     generator = torch.Generator(device="cpu").manual_seed(1234)
     count, frames_per_clip = videos.shape[0], videos.shape[1]
     clip = torch.randint(count, (sample_frames,), generator=generator)
@@ -381,8 +384,28 @@ def latent_scaling_factor(vae, videos: torch.Tensor, device, autocast, sample_fr
         batch = videos[clip[start:start + 512].to(videos.device), frame[start:start + 512].to(videos.device)]
         with autocast():
             samples.append(vae.encode(to_model_range(batch.to(device))).latent_dist.sample().float())
-    latents = torch.cat(samples)
+    return torch.cat(samples)
+
+
+def latent_scaling_factor(latents: torch.Tensor) -> float:
+    """1 / std of the latents, as Stable Diffusion's 0.18215."""
     return 1.0 / latents.std().item()
+
+
+@torch.no_grad()
+def centre_latents(vae, channel_means: torch.Tensor) -> None:
+    """Shifts the VAE's latent space by -channel_means without changing what it decodes: the
+    shift is folded into the bias of the encoder's last 1x1 convolution (the posterior's mean
+    half) and, through its weights, into the bias of the decoder's first one. The shipped format
+    needs no shift factor then: diffusers' TextToVideoSDPipeline and entrovid only divide by
+    scaling_factor. Why: the latents' mean grew the shorter the VAE stage was (0.24 after 7899
+    steps, 0.51 after 2714), and the runs with the larger means drew some colours off (run 10's
+    white came out peach; tools/train/README.md)."""
+    if vae.quant_conv is None or vae.post_quant_conv is None:
+        raise SystemExit("--centre-latents needs the VAE's quant_conv and post_quant_conv")
+    means = channel_means.to(vae.quant_conv.bias.dtype)
+    vae.quant_conv.bias[:means.numel()] -= means
+    vae.post_quant_conv.bias += vae.post_quant_conv.weight[:, :, 0, 0] @ means
 
 
 @torch.no_grad()
@@ -831,7 +854,13 @@ def main() -> None:
         train_vae(args, state, vae, vae_optimizer, videos, device, clock, log, autocast, checkpoint)
         if clock.cut_short(state.vae_step):
             log.event(stage="vae", cut_short=True, step=state.vae_step, planned=args.vae_steps)
-        state.scaling_factor = latent_scaling_factor(vae, videos, device, autocast)
+        latents = sample_latents(vae, videos, device, autocast)
+        if args.centre_latents:
+            channel_means = latents.mean(dim=(0, 2, 3))
+            centre_latents(vae, channel_means)
+            latents = latents - channel_means[None, :, None, None]
+            log.event(stage="latents_centred", channel_means=[round(m, 4) for m in channel_means.tolist()])
+        state.scaling_factor = latent_scaling_factor(latents)
         state.stage = "diffusion"
         log.event(stage="vae_done", step=state.vae_step, scaling_factor=state.scaling_factor)
         checkpoint()
