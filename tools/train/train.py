@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -678,12 +679,13 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
 
 
 def start_compile_ahead(log_path: Path) -> subprocess.Popen:
-    """Starts this command again as a second process that only runs two diffusion steps of
-    synthetic latents (`warm_compile_cache`). Compiling the UNet's blocks took 139 s (H200) to
+    """Starts this command again as a second process that only runs two diffusion steps, on the
+    untrained VAE's latents of a batch of clips (`warm_compile_cache`). Compiling the UNet's blocks took 139 s (H200) to
     174 s (H100) of a 15.5-minute run, with the accelerator idle; a later process building the
     same graphs finds them in inductor's on-disk cache (a fine-tune's first compiled step took
     19 s). The VAE stage, bound by the host's launch rate on one core, leaves the GPU and the
-    other cores to the compiler meanwhile. Its console output goes to `log_path`."""
+    other cores to the compiler meanwhile (at a lower priority: `main` renices it). Its console
+    output goes to `log_path`."""
     command = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--compile-ahead-only",
                "--log", str(log_path.with_suffix(".json"))]
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -756,6 +758,10 @@ def set_attention_math_precision(device: torch.device, bf16: bool) -> None:
 
 def main() -> None:
     args = parse_args()
+    if args.compile_ahead_only:
+        # The main process's VAE stage is bound by one core's launching; the compiler (this
+        # process and its worker processes, which inherit this) takes the cycles left over.
+        os.nice(10)
     started = time.monotonic()
     deadline = started + args.minutes * 60 - args.save_reserve_seconds
     device = torch.device(args.device)
