@@ -1,7 +1,8 @@
 """Times one diffusion training step of train.py's design in several variants, side by side in one
 process, and prints steps/s for each (and, with --profile, the GPU kernels that take the time).
 
-    python3 tools/train/bench_step.py --batch 1024 --steps 15 --variants eager cached_text compiled
+    python3 tools/train/bench_step.py --train-args "$small" --batch 1024 --steps 15 \
+        --variants eager cached_text compiled
 
 Variants (the train.py options each one stands for in brackets):
   eager            the (frozen) text encoder runs on every batch, eager UNet (train.py before
@@ -22,10 +23,13 @@ train.attention_backends and tools/train/README.md.)
 
 Attention kernels are chosen as train.py does (attention_backends).
 
-Latents and prompts are random: the step's cost does not depend on their values.
+Latents and prompts are random: the step's cost does not depend on their values. The design
+timed is that of `--train-args` (the numbers in tools/train/README.md are the small design's,
+`--train-args "$small"`).
 """
 import argparse
 import json
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -33,12 +37,16 @@ from pathlib import Path
 import torch
 
 import components
-from train import (REPO_ROOT, Ema, FrozenTextStates, attention_backends, configure_device,
-                   set_attention_math_precision, training_denoiser, vae_loss)
+from train import (REPO_ROOT, Ema, FrozenTextStates, add_architecture_arguments, architecture_from_args,
+                   attention_backends, configure_device, set_attention_math_precision, training_denoiser,
+                   vae_loss)
 
-SMALL_DESIGN = dict(vae_channels=[16, 32, 64, 64], vae_norm_groups=8, unet_channels=[16, 32, 64],
-                    unet_layers_per_block=1, unet_heads=4, unet_norm_groups=8, text_hidden=128,
-                    text_layers=4, text_heads=4, zero_terminal_snr=True)
+def design_of(train_options: str) -> components.Architecture:
+    """The design a train.py command's options choose; its other options are not the bench's."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_architecture_arguments(parser)
+    design, _training_only = parser.parse_known_args(shlex.split(train_options))
+    return architecture_from_args(design)
 
 
 # What each diffusion variant turns on (see the docstring).
@@ -92,6 +100,9 @@ def fastest_flags(results: list[dict]) -> str:
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train-args", default="", metavar="OPTIONS",
+                   help="a train.py command's options, e.g. the README's \"$small\": its design is timed "
+                        "(default: train.py's default design)")
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--vae-batch", type=int, default=256, help="frames per step of the vae variants")
@@ -113,7 +124,7 @@ def main():
     device = torch.device(args.device)
     autocast = configure_device(device)
     torch.manual_seed(0)
-    arch = components.Architecture(**SMALL_DESIGN)
+    arch = design_of(args.train_args)
     grammar = json.loads((REPO_ROOT / "world" / "grammar.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         vocab = components.write_tokenizer(Path(tmp), grammar)

@@ -3,7 +3,8 @@
 # RUNS="a b" trains the same command twice side by side (same seed; on one GPU give step counts,
 # since two runs share it and a time budget would give each fewer steps): `a` is the candidate,
 # `b` checks that a re-run scores within 0.03 of it.
-#   gpu_train.sh bench           time a diffusion step (BENCH_BATCH clips, 1024) in the variants of BENCH_VARIANTS
+#   gpu_train.sh bench           time a diffusion step of TRAIN_ARGS' design (BENCH_BATCH clips, 1024) in the
+#                                variants of BENCH_VARIANTS
 #                                and write the train.py options of the fastest to $WORK/fastest_flags
 #   gpu_train.sh start           export the training clips, start both runs in their own sessions
 #   gpu_train.sh wait SECONDS    wait (at most SECONDS) for both, printing the logs' tails
@@ -49,7 +50,9 @@ case "$1" in
     # ~1 minute for the eager variants, and each compiled one's compile time (~140 s for the
     # blocks on an H200). Its compile cache is left out of
     # the training runs (start), whose time budget must hold their own compiling.
-    TORCHINDUCTOR_CACHE_DIR=$WORK/bench-inductor-cache python3 tools/train/bench_step.py --batch ${BENCH_BATCH:-1024} --steps 8 --warmup 2 \
+    # The design timed is TRAIN_ARGS' (its other options are not the bench's).
+    TORCHINDUCTOR_CACHE_DIR=$WORK/bench-inductor-cache python3 tools/train/bench_step.py --train-args "$TRAIN_ARGS" \
+        --batch ${BENCH_BATCH:-1024} --steps 8 --warmup 2 \
         --variants ${BENCH_VARIANTS:-cached_text cached_expand blocks_compiled blocks_compiled_expand} \
         --profile ${BENCH_PROFILE:-blocks_compiled} --write-fastest-flags "$WORK/fastest_flags" ;;
   start)

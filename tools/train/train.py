@@ -48,6 +48,34 @@ CHECKPOINT_FILE = "state.pt"
 EMPTY_PROMPT = ""
 
 
+def add_architecture_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that choose the design (components.Architecture), shared with bench_step.py."""
+    arch = components.Architecture()
+    p.add_argument("--vae-channels", type=int, nargs="+", default=arch.vae_channels)
+    p.add_argument("--vae-norm-groups", type=int, default=arch.vae_norm_groups)
+    p.add_argument("--unet-channels", type=int, nargs="+", default=arch.unet_channels)
+    p.add_argument("--unet-layers-per-block", type=int, default=arch.unet_layers_per_block)
+    p.add_argument("--unet-heads", type=int, default=arch.unet_heads)
+    p.add_argument("--unet-norm-groups", type=int, default=arch.unet_norm_groups)
+    p.add_argument("--text-hidden", type=int, default=arch.text_hidden)
+    p.add_argument("--text-layers", type=int, default=arch.text_layers)
+    p.add_argument("--text-heads", type=int, default=arch.text_heads)
+    p.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction,
+                   default=arch.zero_terminal_snr,
+                   help="v-prediction on betas rescaled to zero terminal SNR, sampled from the last "
+                        "timestep (components.ZERO_TERMINAL_SNR)")
+
+
+def architecture_from_args(args: argparse.Namespace) -> components.Architecture:
+    """The design that add_architecture_arguments' options chose."""
+    return components.Architecture(
+        vae_channels=args.vae_channels, vae_norm_groups=args.vae_norm_groups,
+        unet_channels=args.unet_channels, unet_layers_per_block=args.unet_layers_per_block,
+        unet_heads=args.unet_heads, unet_norm_groups=args.unet_norm_groups,
+        text_hidden=args.text_hidden, text_layers=args.text_layers, text_heads=args.text_heads,
+        zero_terminal_snr=args.zero_terminal_snr)
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, nargs="+", required=True,
@@ -64,20 +92,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data-on-device", choices=["auto", "yes", "no"], default="auto",
                    help="keep the uint8 clips in accelerator memory during the VAE stage")
     # architecture (ignored when resuming: the checkpoint's is used)
-    arch = components.Architecture()
-    p.add_argument("--vae-channels", type=int, nargs="+", default=arch.vae_channels)
-    p.add_argument("--vae-norm-groups", type=int, default=arch.vae_norm_groups)
-    p.add_argument("--unet-channels", type=int, nargs="+", default=arch.unet_channels)
-    p.add_argument("--unet-layers-per-block", type=int, default=arch.unet_layers_per_block)
-    p.add_argument("--unet-heads", type=int, default=arch.unet_heads)
-    p.add_argument("--unet-norm-groups", type=int, default=arch.unet_norm_groups)
-    p.add_argument("--text-hidden", type=int, default=arch.text_hidden)
-    p.add_argument("--text-layers", type=int, default=arch.text_layers)
-    p.add_argument("--text-heads", type=int, default=arch.text_heads)
-    p.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction,
-                   default=arch.zero_terminal_snr,
-                   help="v-prediction on betas rescaled to zero terminal SNR, sampled from the last "
-                        "timestep (components.ZERO_TERMINAL_SNR)")
+    add_architecture_arguments(p)
     # VAE stage
     p.add_argument("--vae-fraction", type=float, default=0.2, help="share of the budget for the VAE")
     p.add_argument("--vae-steps", type=int, help="end the VAE stage after this many steps")
@@ -785,12 +800,7 @@ def main() -> None:
         state = TrainingState(components.Architecture.from_dict(resumed["arch"]), resumed["stage"],
                               resumed["vae_step"], resumed["unet_step"], resumed["scaling_factor"])
     else:
-        state = TrainingState(components.Architecture(
-            vae_channels=args.vae_channels, vae_norm_groups=args.vae_norm_groups,
-            unet_channels=args.unet_channels, unet_layers_per_block=args.unet_layers_per_block,
-            unet_heads=args.unet_heads, unet_norm_groups=args.unet_norm_groups,
-            text_hidden=args.text_hidden, text_layers=args.text_layers, text_heads=args.text_heads,
-            zero_terminal_snr=args.zero_terminal_snr))
+        state = TrainingState(architecture_from_args(args))
     arch = state.arch
     if args.compile and args.compile_blocks:
         raise SystemExit("--compile compiles the whole UNet, --compile-blocks its blocks: give one")
