@@ -172,7 +172,7 @@ def main():
         """A VAE stage step of train.py on random frames (`vae`; `vae_compiled`: its loss through
         torch.compile)."""
         vae = components.build_vae(arch).to(device).train()
-        optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-4)
+        optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-4, fused=device.type == "cuda")
         loss_of = torch.compile(vae_loss, dynamic=False) if variant == "vae_compiled" else vae_loss
         side = components.MODEL_INFO["default_width"]
 
