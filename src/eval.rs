@@ -63,7 +63,7 @@ pub fn run_eval(plan: &EvalPlan) -> anyhow::Result<Report> {
         }
     }
     progress.finish_and_clear();
-    let report = Report::new(scored);
+    let report = Report::new(&grammar, scored);
     write_report(&plan.out, &report)?;
     Ok(report)
 }
@@ -84,7 +84,7 @@ fn write_report(path: &Path, report: &Report) -> anyhow::Result<()> {
     std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
 }
 
-/// One line per measure: mean and 95% interval.
+/// One line per measure (mean and 95% interval), then the words the model draws worst.
 pub fn summary_lines(report: &Report) -> Vec<String> {
     let mut lines = vec![format!("{} videos", report.summary.videos)];
     for measure in &report.summary.measures {
@@ -94,5 +94,6 @@ pub fn summary_lines(report: &Report) -> Vec<String> {
         };
         lines.push(format!("{:<12} {:.3}  95% CI {interval}  n={}", measure.name, measure.mean, measure.n));
     }
+    lines.extend(report.weakest_words_line());
     lines
 }

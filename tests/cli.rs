@@ -150,6 +150,11 @@ fn eval_scores_generated_videos_against_their_prompts() {
     assert_eq!(video["prompt"], "a red circle moving right on a black background");
     let adherence = video["scores"]["adherence"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&adherence), "{adherence}");
+    // Per word: the one prompt's colour word, scored on colour, as the video's own colour score.
+    let red = report["by_word"].as_array().unwrap().iter().find(|w| w["slot"] == "colour" && w["word"] == "red").unwrap();
+    assert_eq!(red["n"], 1);
+    assert_eq!(red["mean"], video["scores"]["colour"]);
+    assert!(stdout.contains("weakest words: "), "{stdout}");
 }
 
 #[test]

@@ -77,6 +77,17 @@ pub enum SlotKind {
 }
 
 impl SlotKind {
+    /// Every slot, in the order of their measures in reports ([`crate::MEASURES`]; each slot's
+    /// measure has its name).
+    pub const IN_MEASURE_ORDER: [SlotKind; 6] = [
+        Self::Colour,
+        Self::Shape,
+        Self::Motion,
+        Self::Background,
+        Self::Size,
+        Self::Speed,
+    ];
+
     fn from_name(name: &str) -> Option<Self> {
         match name {
             "size" => Some(Self::Size),

@@ -33,5 +33,8 @@ pub use prompt::{
 };
 pub use render::{render, Scene};
 pub use split::{held_out_tuples, sample_prompts, split_tuples, Split};
-pub use stats::{student_t_975, summarise, MeasureSummary, Report, ScoredVideo, Summary};
+pub use stats::{
+    student_t_975, summarise, summarise_words, MeasureSummary, Report, ScoredVideo, Summary,
+    WordSummary,
+};
 pub use video::{Video, MAX_FRAMES, MAX_SIDE};

@@ -1,9 +1,13 @@
 //! Aggregation of per-video scores: mean, sample standard deviation and a 95% Student-t
-//! confidence interval of the mean for every measure.
+//! confidence interval of the mean for every measure, and per prompt word.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::evaluate::{Scores, MEASURES};
+use crate::grammar::{Grammar, SlotKind};
+use crate::prompt::Prompt;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MeasureSummary {
@@ -38,20 +42,93 @@ pub struct ScoredVideo {
     pub scores: Scores,
 }
 
-/// An evaluation run: the summary over all videos and every video's scores.
+/// How the videos whose prompt says one word score on that word's own measure (a colour word on
+/// colour, a motion word on motion: slots and measures share their names) and on adherence. The
+/// means over all videos hide a word the model draws badly (one colour of eight); this shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WordSummary {
+    /// The template slot, and the measure `mean` is of.
+    pub slot: String,
+    pub word: String,
+    pub n: usize,
+    pub mean: f64,
+    pub adherence: f64,
+}
+
+/// One entry per (slot, word) said by any video's prompt, slots in
+/// [`SlotKind::IN_MEASURE_ORDER`] and words alphabetically. Prompts the grammar cannot parse are
+/// left out.
+pub fn summarise_words(grammar: &Grammar, videos: &[ScoredVideo]) -> Vec<WordSummary> {
+    let mut groups: BTreeMap<(usize, String), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for video in videos {
+        let Ok(prompt) = Prompt::parse(grammar, &video.prompt) else {
+            continue;
+        };
+        let measures = video.scores.measures();
+        for (slot_index, slot) in SlotKind::IN_MEASURE_ORDER.iter().enumerate() {
+            let word = prompt.slot(*slot);
+            let value = measures
+                .iter()
+                .find(|(name, _)| *name == slot.name())
+                .map(|(_, v)| *v);
+            if let (Some(word), Some(value)) = (word, value) {
+                let (values, adherence) = groups.entry((slot_index, word.to_string())).or_default();
+                values.push(value);
+                adherence.push(video.scores.adherence);
+            }
+        }
+    }
+    let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len() as f64;
+    groups
+        .into_iter()
+        .map(|((slot_index, word), (values, adherence))| WordSummary {
+            slot: SlotKind::IN_MEASURE_ORDER[slot_index].name().to_string(),
+            word,
+            n: values.len(),
+            mean: mean(&values),
+            adherence: mean(&adherence),
+        })
+        .collect()
+}
+
+/// An evaluation run: the summary over all videos, per prompt word, and every video's scores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub summary: Summary,
+    /// Reports written before the per-word summaries have none.
+    #[serde(default)]
+    pub by_word: Vec<WordSummary>,
     pub videos: Vec<ScoredVideo>,
 }
 
 impl Report {
-    pub fn new(videos: Vec<ScoredVideo>) -> Self {
+    pub fn new(grammar: &Grammar, videos: Vec<ScoredVideo>) -> Self {
         let scores: Vec<Scores> = videos.iter().map(|v| v.scores.clone()).collect();
         Self {
             summary: summarise(&scores),
+            by_word: summarise_words(grammar, &videos),
             videos,
         }
+    }
+
+    /// The `count` words with the lowest mean on their own measure, lowest first.
+    pub fn weakest_words(&self, count: usize) -> Vec<&WordSummary> {
+        let mut words: Vec<&WordSummary> = self.by_word.iter().collect();
+        words.sort_by(|a, b| a.mean.total_cmp(&b.mean));
+        words.truncate(count);
+        words
+    }
+
+    /// "weakest words: colour white 0.502 (n=20), …" for the command-line summaries; `None`
+    /// without per-word summaries.
+    pub fn weakest_words_line(&self) -> Option<String> {
+        const SHOWN: usize = 5;
+        let words: Vec<String> = self
+            .weakest_words(SHOWN)
+            .into_iter()
+            .map(|w| format!("{} {} {:.3} (n={})", w.slot, w.word, w.mean, w.n))
+            .collect();
+        (!words.is_empty()).then(|| format!("weakest words: {}", words.join(", ")))
     }
 }
 
@@ -133,6 +210,103 @@ mod tests {
             sharpness: 1.0,
             adherence,
         }
+    }
+
+    fn scored(prompt: &str, colour: f64, speed: Option<f64>) -> ScoredVideo {
+        ScoredVideo {
+            prompt: prompt.to_string(),
+            seed: None,
+            scores: Scores {
+                colour,
+                speed,
+                ..scores(0.5 + colour / 2.0, None)
+            },
+        }
+    }
+
+    #[test]
+    fn words_are_summarised_on_their_own_measure() {
+        let grammar = Grammar::builtin().unwrap();
+        let report = Report::new(
+            &grammar,
+            vec![
+                scored(
+                    "a white circle moving left on a black background",
+                    0.2,
+                    None,
+                ),
+                scored(
+                    "a white square moving up quickly on a navy background",
+                    0.4,
+                    Some(0.9),
+                ),
+                scored("a red circle moving left on a black background", 1.0, None),
+                scored("not a prompt of the world", 0.0, None),
+            ],
+        );
+        let word = |slot: &str, word: &str| {
+            report
+                .by_word
+                .iter()
+                .find(|w| w.slot == slot && w.word == word)
+                .cloned()
+        };
+        // Each slot has the measure of its name, and the slots come in the measures' order.
+        let positions: Vec<usize> = SlotKind::IN_MEASURE_ORDER
+            .iter()
+            .map(|slot| MEASURES.iter().position(|m| *m == slot.name()).unwrap())
+            .collect();
+        assert!(
+            positions.windows(2).all(|pair| pair[0] < pair[1]),
+            "{positions:?}"
+        );
+        let white = word("colour", "white").unwrap();
+        assert_eq!(white.n, 2);
+        assert!((white.mean - 0.3).abs() < 1e-12);
+        assert!((white.adherence - 0.65).abs() < 1e-12);
+        assert_eq!(word("shape", "circle").unwrap().n, 2);
+        // Only a prompt with a speed word has a speed measure, hence a speed entry.
+        let quickly = word("speed", "quickly").unwrap();
+        assert_eq!((quickly.n, quickly.mean), (1, 0.9));
+        assert!(word("size", "large").is_none());
+        // The unparsable prompt counts in the summary, not per word.
+        assert_eq!(report.summary.videos, 4);
+        assert_eq!(
+            report.by_word.iter().filter(|w| w.slot == "colour").count(),
+            2
+        );
+        let slots: Vec<&str> = report.by_word.iter().map(|w| w.slot.as_str()).collect();
+        assert_eq!(slots.first(), Some(&"colour"));
+        assert_eq!(slots.last(), Some(&"speed"));
+
+        let weakest = report.weakest_words(2);
+        assert_eq!(
+            (weakest[0].slot.as_str(), weakest[0].word.as_str()),
+            ("colour", "white")
+        );
+        let line = report.weakest_words_line().unwrap();
+        assert!(
+            line.starts_with("weakest words: colour white 0.300 (n=2)"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn reports_without_word_summaries_still_load() {
+        let grammar = Grammar::builtin().unwrap();
+        let report = Report::new(
+            &grammar,
+            vec![scored(
+                "a red circle moving left on a black background",
+                1.0,
+                None,
+            )],
+        );
+        let mut json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        json.as_object_mut().unwrap().remove("by_word");
+        let loaded: Report = serde_json::from_value(json).unwrap();
+        assert!(loaded.by_word.is_empty() && loaded.weakest_words_line().is_none());
+        assert_eq!(loaded.videos, report.videos);
     }
 
     #[test]

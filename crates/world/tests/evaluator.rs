@@ -72,14 +72,7 @@ fn ground_truth_scores_near_one_and_mismatches_score_low() {
             prompt.text(&grammar)
         );
         matched.push(scores);
-        for kind in [
-            SlotKind::Colour,
-            SlotKind::Shape,
-            SlotKind::Motion,
-            SlotKind::Background,
-            SlotKind::Size,
-            SlotKind::Speed,
-        ] {
+        for kind in SlotKind::IN_MEASURE_ORDER {
             if kind.is_optional() && prompt.slot(kind).is_none() {
                 continue;
             }
