@@ -326,6 +326,17 @@ def vae_loss(vae, images: torch.Tensor, object_weight: float, kl_weight: float, 
     return pixel_loss + kl_weight * kl, kl
 
 
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`values`, drawn on the host (indices, masks, timesteps), on `device` without waiting: a
+    copy from pageable memory returns only once the device has run all the work queued before
+    it, so the host could not queue a step while the device ran the previous one, which matters
+    in the VAE stage, where launching takes about as long as the device's work. The values are
+    the same either way."""
+    if device.type != "cuda":
+        return values.to(device)
+    return values.pin_memory().to(device, non_blocking=True)
+
+
 def train_vae(args, state: TrainingState, vae, optimizer, videos: torch.Tensor, device, clock: StageClock,
               log: RunLog, autocast, on_checkpoint) -> None:
     count, frames_per_clip = videos.shape[0], videos.shape[1]
@@ -339,7 +350,7 @@ def train_vae(args, state: TrainingState, vae, optimizer, videos: torch.Tensor, 
         if videos.device != device:
             batch = videos[clip, frame].to(device, non_blocking=True)
         else:
-            batch = videos[clip.to(device), frame.to(device)]
+            batch = videos[to_device(clip, device), to_device(frame, device)]
         lr = learning_rate(args.vae_lr, state.vae_step, clock.progress(state.vae_step),
                            args.warmup_steps, args.decay_fraction)
         for group in optimizer.param_groups:
@@ -643,17 +654,17 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
     last_log = last_checkpoint = time.monotonic()
     with attention_backends(device, args.attention):
         while not clock.done(state.unet_step):
-            clip = torch.multinomial(clip_weights, args.batch, replacement=True,
-                                     generator=generator).to(latent_mean.device)
+            clip = to_device(torch.multinomial(clip_weights, args.batch, replacement=True, generator=generator),
+                             latent_mean.device)
             mean, std = latent_mean[clip].float(), latent_std[clip].float()
             latents = mean + std * torch.randn_like(std)
             short_clips = torch.rand((), generator=generator).item() < args.short_clip_fraction
             if short_clips:
                 latents = latents[:, :, ::2]
-            dropped = torch.rand(args.batch, generator=generator).to(device) < args.prompt_dropout
+            dropped = to_device(torch.rand(args.batch, generator=generator), device) < args.prompt_dropout
             noise = torch.randn_like(latents)
-            timesteps = sample_timesteps(args.batch, num_timesteps, args.high_noise_fraction,
-                                         generator).to(device)
+            timesteps = to_device(sample_timesteps(args.batch, num_timesteps, args.high_noise_fraction,
+                                                   generator), device)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
 
             lr = learning_rate(args.lr, state.unet_step, clock.progress(state.unet_step),
