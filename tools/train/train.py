@@ -152,7 +152,7 @@ def parse_args() -> argparse.Namespace:
                         "clips: the short clips of --short-clip-fraction run uncompiled); see bench_step.py")
     p.add_argument("--compile-during-vae", action=argparse.BooleanOptionalAction, default=False,
                    help="with --compile-blocks or --compile: compile the diffusion stage's graphs in a "
-                        "second process while the VAE trains (see start_compile_ahead)")
+                        "second process while the VAE trains (see CompileAhead)")
     p.add_argument("--compile-ahead-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--warmup-steps", type=int, default=200)
@@ -704,37 +704,39 @@ def train_diffusion(args, state: TrainingState, unet, text_encoder,
 # compiling the diffusion stage while the VAE trains
 
 
-def start_compile_ahead(log_path: Path) -> subprocess.Popen:
-    """Starts this command again as a second process that only runs two diffusion steps, on the
-    untrained VAE's latents of a batch of clips (`warm_compile_cache`). Compiling the UNet's blocks took 139 s (H200) to
-    174 s (H100) of a 15.5-minute run, with the accelerator idle; a later process building the
-    same graphs finds them in inductor's on-disk cache (a fine-tune's first compiled step took
-    19 s). The VAE stage, bound by the host's launch rate on one core, leaves the GPU and the
-    other cores to the compiler meanwhile (at a lower priority: `main` renices it). Its console
-    output goes to `log_path`."""
-    command = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--compile-ahead-only",
-               "--log", str(log_path.with_suffix(".json"))]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as console:
-        return subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT)
+class CompileAhead:
+    """This command run again as a second process that only runs two diffusion steps, on the
+    untrained VAE's latents of a batch of clips (`warm_compile_cache`). Compiling the UNet's
+    blocks took 139 s (H200) to 174 s (H100) of a 15.5-minute run, with the accelerator idle; a
+    later process building the same graphs finds them in inductor's on-disk cache (a fine-tune's
+    first compiled step took 19 s). The VAE stage, bound by the host's launch rate on one core,
+    leaves the GPU and the other cores to the compiler meanwhile (at a lower priority: `main`
+    renices it). Its console output goes to `console_path`."""
 
+    def __init__(self, console_path: Path):
+        self.console_path = console_path
+        self.started_at = time.monotonic()
+        command = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--compile-ahead-only",
+                   "--log", str(console_path.with_suffix(".json"))]
+        console_path.parent.mkdir(parents=True, exist_ok=True)
+        with console_path.open("w") as console:
+            self.process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT)
 
-def wait_for_compile_ahead(process: subprocess.Popen, log_path: Path, log: RunLog,
-                           started_at: float, limit_s: float = 600.0) -> None:
-    """Waits for the compiling process: the main process compiling the same graphs beside it
-    would finish later than it. Past `limit_s` from its start (~3.5x the longest compile seen) it
-    is taken for stuck and stopped. Its failure only means the main process compiles the graphs
-    itself."""
-    waiting_since = time.monotonic()
-    try:
-        code = process.wait(timeout=max(started_at + limit_s - waiting_since, 0.0))
-    except subprocess.TimeoutExpired:
-        process.kill()
-        code = process.wait()
-    fields = {"rc": code, "waited_s": round(time.monotonic() - waiting_since, 1)}
-    if code != 0:
-        fields["console_tail"] = log_path.read_text()[-2000:]
-    log.event(stage="compile_ahead", **fields)
+    def wait(self, log: RunLog, limit_s: float = 600.0) -> None:
+        """Waits for the compiling process: the main process compiling the same graphs beside it
+        would finish later than it. Past `limit_s` from its start (~3.5x the longest compile
+        seen) it is taken for stuck and stopped. Its failure only means the main process
+        compiles the graphs itself."""
+        waiting_since = time.monotonic()
+        try:
+            code = self.process.wait(timeout=max(self.started_at + limit_s - waiting_since, 0.0))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        fields = {"rc": code, "waited_s": round(time.monotonic() - waiting_since, 1)}
+        if code != 0:
+            fields["console_tail"] = self.console_path.read_text()[-2000:]
+        log.event(stage="compile_ahead", **fields)
 
 
 def warm_compile_cache(args, state: TrainingState, vae, unet, text_encoder, trained, optimizer, ema,
@@ -857,9 +859,7 @@ def main() -> None:
         warm_compile_cache(args, state, vae, unet, text_encoder, trained, diffusion_optimizer, ema,
                            clips.videos, input_ids, empty_ids, device, log, autocast)
         return
-    compile_ahead_console = out.with_name(out.name + ".compile-ahead.txt")
-    compile_ahead_started = time.monotonic()
-    compile_ahead = (start_compile_ahead(compile_ahead_console)
+    compile_ahead = (CompileAhead(out.with_name(out.name + ".compile-ahead.txt"))
                      if args.compile_during_vae and state.stage == "vae" else None)
 
     def checkpoint() -> None:
@@ -904,7 +904,7 @@ def main() -> None:
     clip_weights = (motion_balancing_weights(clips.prompts, grammar) if args.balance_motions
                     else torch.ones(len(clips.prompts), dtype=torch.float64))
     if compile_ahead is not None:
-        wait_for_compile_ahead(compile_ahead, compile_ahead_console, log, compile_ahead_started)
+        compile_ahead.wait(log)
     clock = StageClock(time.monotonic(), deadline, args.unet_steps, state.unet_step)
     train_diffusion(args, state, unet, text_encoder, trained, diffusion_optimizer, ema, latent_mean,
                     latent_std, object_paths, clip_weights, input_ids, empty_ids, device, clock, log,
