@@ -277,7 +277,7 @@ fn resolve_model_id(settings: &Settings, named: Option<&str>) -> anyhow::Result<
 
 /// `entrovid eval`: prints per-measure means with 95% intervals and writes the JSON report.
 fn evaluate_model(args: &EvalArgs, model_dir: std::path::PathBuf) -> anyhow::Result<()> {
-    use crate::eval::{run_eval, summary_lines, EvalPlan, PromptSource};
+    use crate::eval::{run_eval, EvalPlan, PromptSource};
     let prompts = match (&args.prompts, args.sample) {
         (Some(path), _) => PromptSource::File(path.clone()),
         (None, Some(count)) => PromptSource::HeldOutSample(count),
@@ -292,7 +292,7 @@ fn evaluate_model(args: &EvalArgs, model_dir: std::path::PathBuf) -> anyhow::Res
         out: args.out.clone(),
     };
     let report = run_eval(&plan)?;
-    for line in summary_lines(&report) {
+    for line in report.summary_lines() {
         println!("{line}");
     }
     Ok(())

@@ -83,17 +83,3 @@ fn write_report(path: &Path, report: &Report) -> anyhow::Result<()> {
     let json = serde_json::to_vec_pretty(report)?;
     std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
 }
-
-/// One line per measure (mean and 95% interval), then the words the model draws worst.
-pub fn summary_lines(report: &Report) -> Vec<String> {
-    let mut lines = vec![format!("{} videos", report.summary.videos)];
-    for measure in &report.summary.measures {
-        let interval = match measure.ci95 {
-            Some([low, high]) => format!("[{low:.3}, {high:.3}]"),
-            None => "(one video)".to_string(),
-        };
-        lines.push(format!("{:<12} {:.3}  95% CI {interval}  n={}", measure.name, measure.mean, measure.n));
-    }
-    lines.extend(report.weakest_words_line());
-    lines
-}

@@ -130,6 +130,24 @@ impl Report {
             .collect();
         (!words.is_empty()).then(|| format!("weakest words: {}", words.join(", ")))
     }
+
+    /// What the evaluation commands print: the number of videos, one line per measure (mean and
+    /// 95% interval), then the words the model draws worst.
+    pub fn summary_lines(&self) -> Vec<String> {
+        let mut lines = vec![format!("{} videos", self.summary.videos)];
+        for measure in &self.summary.measures {
+            let interval = match measure.ci95 {
+                Some([low, high]) => format!("[{low:.3}, {high:.3}]"),
+                None => "(one video)".to_string(),
+            };
+            lines.push(format!(
+                "{:<12} {:.3}  95% CI {interval}  n={}",
+                measure.name, measure.mean, measure.n
+            ));
+        }
+        lines.extend(self.weakest_words_line());
+        lines
+    }
 }
 
 pub fn summarise(scores: &[Scores]) -> Summary {
@@ -289,6 +307,17 @@ mod tests {
             line.starts_with("weakest words: colour white 0.300 (n=2)"),
             "{line}"
         );
+
+        let lines = report.summary_lines();
+        assert_eq!(lines[0], "4 videos");
+        assert_eq!(lines.len(), 1 + report.summary.measures.len() + 1);
+        assert!(lines[1].starts_with("adherence "), "{}", lines[1]);
+        assert!(
+            lines[1].contains("95% CI [") && lines[1].ends_with("n=4"),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(lines.last(), Some(&line));
     }
 
     #[test]

@@ -142,16 +142,7 @@ fn eval(grammar: &Grammar, options: &Options) -> Result<(), String> {
         .collect::<Result<Vec<_>, WorldError>>()
         .map_err(|e| e.to_string())?;
     let report = Report::new(grammar, scored);
-    for measure in &report.summary.measures {
-        let interval = measure.ci95.map_or("n/a".to_string(), |[low, high]| {
-            format!("[{low:.4}, {high:.4}]")
-        });
-        println!(
-            "{:<10} mean {:.4}  95% CI {interval}  (n = {})",
-            measure.name, measure.mean, measure.n
-        );
-    }
-    if let Some(line) = report.weakest_words_line() {
+    for line in report.summary_lines() {
         println!("{line}");
     }
     if let Some(out) = options.get("out") {
