@@ -38,8 +38,8 @@ import torch
 
 import components
 from train import (REPO_ROOT, Ema, FrozenTextStates, add_architecture_arguments, architecture_from_args,
-                   attention_backends, configure_device, set_attention_math_precision, training_denoiser,
-                   vae_loss)
+                   attention_backends, configure_device, make_vae_optimizer, set_attention_math_precision,
+                   training_denoiser, vae_loss)
 
 def design_of(train_options: str) -> components.Architecture:
     """The design a train.py command's options choose; its other options are not the bench's."""
@@ -172,7 +172,7 @@ def main():
         """A VAE stage step of train.py on random frames (`vae`; `vae_compiled`: its loss through
         torch.compile)."""
         vae = components.build_vae(arch).to(device).train()
-        optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-4, fused=device.type == "cuda")
+        optimizer = make_vae_optimizer(vae, 1e-4, device)
         loss_of = torch.compile(vae_loss, dynamic=False) if variant == "vae_compiled" else vae_loss
         side = components.MODEL_INFO["default_width"]
 

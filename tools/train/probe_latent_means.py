@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sample import RescaledGuidanceUNet, model_guidance_rescale
+from sample import sampling_pipeline
 from world_data import load_clips, to_model_range
 
 
@@ -38,14 +38,8 @@ def parse_args() -> argparse.Namespace:
 @torch.no_grad()
 def channel_means(model: Path, clips, chosen: list[int], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-clip, per-channel means [N, C] of the real (encoded) and the generated latents."""
-    from diffusers import TextToVideoSDPipeline
-
-    pipe = TextToVideoSDPipeline.from_pretrained(str(model), dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
     guidance = 7.5
-    rescale = model_guidance_rescale(model)
-    if rescale > 0:
-        pipe.unet = RescaledGuidanceUNet(pipe.unet, guidance, rescale)
+    pipe, _rescale = sampling_pipeline(model, guidance)
     scaling = pipe.vae.config.scaling_factor
     real, generated = [], []
     for start in range(0, len(chosen), batch):

@@ -84,8 +84,20 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
 
 
-def main() -> None:
+def sampling_pipeline(model: Path, guidance: float, dtype=torch.float32, device="cpu"):
+    """The model's TextToVideoSDPipeline sampling as entrovid does at guidance scale `guidance`
+    (its guidance rescaled where the model's entrovid.json says so), and that rescale factor."""
     from diffusers import TextToVideoSDPipeline
+
+    pipe = TextToVideoSDPipeline.from_pretrained(str(model), dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    rescale = model_guidance_rescale(model)
+    if rescale > 0 and guidance > 1:
+        pipe.unet = RescaledGuidanceUNet(pipe.unet, guidance, rescale)
+    return pipe, rescale
+
+
+def main() -> None:
     from safetensors.numpy import save_file
 
     args = parse_args()
@@ -97,12 +109,7 @@ def main() -> None:
     if not jobs:
         raise SystemExit("no prompts to generate")
 
-    pipe = TextToVideoSDPipeline.from_pretrained(str(args.model), dtype=getattr(torch, args.dtype))
-    pipe = pipe.to(args.device)
-    pipe.set_progress_bar_config(disable=True)
-    rescale = model_guidance_rescale(args.model)
-    if rescale > 0 and args.guidance > 1:
-        pipe.unet = RescaledGuidanceUNet(pipe.unet, args.guidance, rescale)
+    pipe, rescale = sampling_pipeline(args.model, args.guidance, getattr(torch, args.dtype), args.device)
 
     videos = []
     started = time.monotonic()

@@ -337,6 +337,12 @@ def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     return values.pin_memory().to(device, non_blocking=True)
 
 
+def make_vae_optimizer(vae, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """The VAE stage's optimizer (also timed by bench_step.py). Fused on CUDA: one kernel for the
+    whole update, where the VAE stage is bound by launching."""
+    return torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0, fused=device.type == "cuda")
+
+
 def train_vae(args, state: TrainingState, vae, optimizer, videos: torch.Tensor, device, clock: StageClock,
               log: RunLog, autocast, on_checkpoint) -> None:
     count, frames_per_clip = videos.shape[0], videos.shape[1]
@@ -833,9 +839,7 @@ def main() -> None:
         log.event(stage="init_from", path=str(args.init_from), scaling_factor=state.scaling_factor)
     modules = {"vae": vae, "text_encoder": text_encoder, "unet": unet}
     trained = diffusion_modules(unet, text_encoder, args.freeze_text_encoder)
-    # Fused on CUDA: one kernel for the whole update, where the VAE stage is bound by launching.
-    vae_optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0,
-                                      fused=device.type == "cuda")
+    vae_optimizer = make_vae_optimizer(vae, args.vae_lr, device)
     diffusion_optimizer = torch.optim.AdamW(
         [p for m in trained.values() for p in m.parameters()], lr=args.lr,
         weight_decay=args.weight_decay, betas=(0.9, 0.99), fused=device.type == "cuda")
