@@ -2,18 +2,25 @@
 """Markdown table of `entrovid experiment analyze` results: one row per site group, the identity
 and uniform conditions side by side (effect = 1 - SSIM to the baseline, change in temporal
 consistency, change in mean normalised entropy, evaluator adherence), averaged over the cases of
-the given result files.
+the given result files. With --scores, a second table: the evaluator's per-measure means (colour,
+shape, motion, ...) of the baseline and of every condition, to see which prompt words a group
+carries.
 
-usage: analyze_table.py results.jsonl [more.jsonl ...]
+usage: analyze_table.py [--scores] results.jsonl [more.jsonl ...]
 """
 import json
 import sys
 from collections import defaultdict
 
 
-def main(paths):
+# The evaluator's measures shown by --scores, in the grammar's slot order.
+SCORE_MEASURES = ["colour", "shape", "motion", "speed", "size", "background", "temporal", "sharpness"]
+
+
+def main(paths, with_scores):
     cells = defaultdict(lambda: defaultdict(list))
     baseline_adherence = []
+    baseline_scores = defaultdict(list)
     groups = []
     for path in paths:
         for line in open(path):
@@ -23,6 +30,9 @@ def main(paths):
             scores = report["baseline"].get("scores") or {}
             if "adherence" in scores:
                 baseline_adherence.append(scores["adherence"])
+            for measure in SCORE_MEASURES:
+                if measure in scores:
+                    baseline_scores[measure].append(scores[measure])
             for condition in report["conditions"]:
                 label, op = condition["label"], condition["op"]
                 if label not in groups:
@@ -34,6 +44,9 @@ def main(paths):
                     cell["dh"].append(condition["delta_mean_normalized_entropy"])
                 if condition.get("scores"):
                     cell["adherence"].append(condition["scores"]["adherence"])
+                    for measure in SCORE_MEASURES:
+                        if measure in condition["scores"]:
+                            cell[measure].append(condition["scores"][measure])
 
     def mean(values):
         return sum(values) / len(values) if values else None
@@ -53,6 +66,18 @@ def main(paths):
             row += [show(mean(i.get(key, [])), sign), show(mean(u.get(key, [])), sign)]
         print("| " + " | ".join(row) + " |")
 
+    if with_scores:
+        print("\n| condition | " + " | ".join(SCORE_MEASURES) + " |")
+        print("|---" * (len(SCORE_MEASURES) + 1) + "|")
+        print("| baseline | " + " | ".join(show(mean(baseline_scores[m])) for m in SCORE_MEASURES) + " |")
+        for label in groups:
+            for op in ("identity", "uniform"):
+                cell = cells.get((label, op))
+                if cell and cell.get("adherence"):
+                    values = [show(mean(cell.get(m, []))) for m in SCORE_MEASURES]
+                    print(f"| {op[0].upper()} {label} | " + " | ".join(values) + " |")
+
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    arguments = sys.argv[1:]
+    main([a for a in arguments if a != "--scores"], "--scores" in arguments)
