@@ -17,9 +17,12 @@ from collections import defaultdict
 SCORE_MEASURES = ["colour", "shape", "motion", "speed", "size", "background", "temporal", "sharpness"]
 
 
+# Every evaluator measure collected: adherence (the first table) and those of --scores.
+COLLECTED_MEASURES = ["adherence"] + SCORE_MEASURES
+
+
 def main(paths, with_scores):
     cells = defaultdict(lambda: defaultdict(list))
-    baseline_adherence = []
     baseline_scores = defaultdict(list)
     groups = []
     for path in paths:
@@ -28,9 +31,7 @@ def main(paths, with_scores):
                 continue
             report = json.loads(line)["report"]
             scores = report["baseline"].get("scores") or {}
-            if "adherence" in scores:
-                baseline_adherence.append(scores["adherence"])
-            for measure in SCORE_MEASURES:
+            for measure in COLLECTED_MEASURES:
                 if measure in scores:
                     baseline_scores[measure].append(scores[measure])
             for condition in report["conditions"]:
@@ -42,11 +43,9 @@ def main(paths, with_scores):
                 cell["dtc"].append(condition["delta_temporal_consistency"])
                 if condition.get("delta_mean_normalized_entropy") is not None:
                     cell["dh"].append(condition["delta_mean_normalized_entropy"])
-                if condition.get("scores"):
-                    cell["adherence"].append(condition["scores"]["adherence"])
-                    for measure in SCORE_MEASURES:
-                        if measure in condition["scores"]:
-                            cell[measure].append(condition["scores"][measure])
+                for measure in COLLECTED_MEASURES:
+                    if measure in (condition.get("scores") or {}):
+                        cell[measure].append(condition["scores"][measure])
 
     def mean(values):
         return sum(values) / len(values) if values else None
@@ -56,6 +55,7 @@ def main(paths, with_scores):
             return "–"
         return f"{value:+.3f}" if sign else f"{value:.3f}"
 
+    baseline_adherence = baseline_scores["adherence"]
     print(f"baseline adherence: {show(mean(baseline_adherence))} over {len(baseline_adherence)} case(s)\n")
     print("| site group | I effect | U effect | I ΔTC | U ΔTC | I ΔH/lnN | U ΔH/lnN | I adherence | U adherence |")
     print("|---|---|---|---|---|---|---|---|---|")
